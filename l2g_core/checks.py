@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -54,7 +55,8 @@ def check_array(
         if seen != got:
             raise ShapeError(f"{name} axis {axis} ({want}) must be {seen}, got shape {x.shape}")
     if dtype is not None:
-        allowed = [np.dtype(d) for d in (dtype if isinstance(dtype, (list, tuple)) else [dtype])]
+        wanted: list[Any] = list(dtype) if isinstance(dtype, (list, tuple)) else [dtype]
+        allowed = [np.dtype(d) for d in wanted]
         if x.dtype not in allowed:
             names = ", ".join(str(d) for d in allowed)
             raise ShapeError(f"{name} must have dtype {names}, got {x.dtype}")

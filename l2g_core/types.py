@@ -20,7 +20,8 @@ def l2_normalize(x: FloatArray, axis: int = -1) -> FloatArray:
     """Return ``x`` scaled to unit L2 norm along ``axis`` (zero rows stay zero); float32."""
     x = np.asarray(x, dtype=np.float32)
     norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return (x / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
+    out: FloatArray = (x / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
+    return out
 
 
 @dataclass(frozen=True, order=True)

@@ -1,0 +1,109 @@
+"""Stage-1 output: a self-contained, mergeable list of candidate frames."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from l2g_core.types import FloatArray, FrameKey
+
+__all__ = ["Candidates", "Coverage"]
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the index a search covered.
+
+    Attributes:
+        frames_searched, frames_total: frames in the shards searched / in all shards matching the filters.
+        shards_searched, shards_total: the same for shards.
+        complete: False when the deadline stopped the search early or a stage was skipped.
+        notes: what was cut short, e.g. ``["deadline: 3 of 9 shards searched", "stage2 skipped"]``.
+    """
+
+    frames_searched: int = 0
+    frames_total: int = 0
+    shards_searched: int = 0
+    shards_total: int = 0
+    complete: bool = True
+    notes: tuple[str, ...] = ()
+
+    @staticmethod
+    def combine(parts: Sequence[Coverage]) -> Coverage:
+        """Sum of the coverages of disjoint parts (e.g. shards on several workers)."""
+        return Coverage(
+            frames_searched=sum(p.frames_searched for p in parts),
+            frames_total=sum(p.frames_total for p in parts),
+            shards_searched=sum(p.shards_searched for p in parts),
+            shards_total=sum(p.shards_total for p in parts),
+            complete=all(p.complete for p in parts),
+            notes=tuple(n for p in parts for n in p.notes),
+        )
+
+    def with_note(self, note: str) -> Coverage:
+        """A copy marked incomplete with one more note."""
+        return Coverage(self.frames_searched, self.frames_total, self.shards_searched, self.shards_total,
+                        False, (*self.notes, note))
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Candidate frames of one query with everything re-ranking needs.
+
+    Attributes:
+        keys: ``m`` frame keys, in descending ``scores`` order.
+        scores: ``(m,)`` float32 first-stage scores (local Chamfer or global cosine, see ``stage``).
+        stage: ``"local"`` or ``"global"``.
+        global_descriptors: ``(m, G)`` float32.
+        descriptors: per candidate ``(n_i, D)`` float16, its strongest local descriptors.
+        keypoints: per candidate ``(n_i, 2)`` float32 pixel coordinates of those descriptors.
+        coverage: what the search covered.
+    """
+
+    keys: list[FrameKey]
+    scores: FloatArray
+    stage: str
+    global_descriptors: FloatArray
+    descriptors: list[np.ndarray]
+    keypoints: list[FloatArray]
+    coverage: Coverage = field(default_factory=Coverage)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def take(self, idx: Sequence[int] | np.ndarray) -> Candidates:
+        """The candidates at positions ``idx``, in that order."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return Candidates(
+            keys=[self.keys[i] for i in idx],
+            scores=self.scores[idx],
+            stage=self.stage,
+            global_descriptors=self.global_descriptors[idx],
+            descriptors=[self.descriptors[i] for i in idx],
+            keypoints=[self.keypoints[i] for i in idx],
+            coverage=self.coverage,
+        )
+
+    @staticmethod
+    def merge(parts: Sequence[Candidates], limit: int, global_dim: int) -> Candidates:
+        """Union of candidate lists from disjoint shards, best ``limit`` by score (ties by key)."""
+        keys = [k for p in parts for k in p.keys]
+        coverage = Coverage.combine([p.coverage for p in parts])
+        stage = parts[0].stage if parts else "local"
+        if not keys:
+            return Candidates([], np.zeros(0, np.float32), stage, np.zeros((0, global_dim), np.float32), [], [],
+                              coverage)
+        merged = Candidates(
+            keys=keys,
+            scores=np.concatenate([p.scores for p in parts]).astype(np.float32),
+            stage=stage,
+            global_descriptors=np.concatenate([p.global_descriptors for p in parts]).astype(np.float32),
+            descriptors=[d for p in parts for d in p.descriptors],
+            keypoints=[k for p in parts for k in p.keypoints],
+            coverage=coverage,
+        )
+        # deterministic order whatever the sharding: score descending, then frame key
+        order = sorted(range(len(keys)), key=lambda i: (-float(merged.scores[i]), keys[i]))[:limit]
+        return merged.take(order)

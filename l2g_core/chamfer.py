@@ -1,0 +1,104 @@
+"""Chamfer (CANN-style) similarity between a query's local features and frames.
+
+The similarity of a query feature set Q to a frame's feature set X is
+
+    S(Q, X) = 1/|Q| * sum_{q in Q} k( max_{x in X} <q, x> ),   k(s) = max(0, (s - tau) / (1 - tau)) ** alpha
+
+so each query feature contributes through its best match *within each frame* (the "colour constraint" of
+CANN). With tau = 0 and alpha = 1 it is the asymmetric Chamfer similarity; alpha > 1 is a selectivity
+function (as in ASMK) that silences weak matches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from l2g_core.types import FloatArray
+
+__all__ = ["aggregate_neighbors", "exact_chamfer", "kernel", "pairwise_chamfer"]
+
+
+def kernel(sims: np.ndarray, tau: float, alpha: float) -> np.ndarray:
+    """The per-match kernel ``k(s)`` applied elementwise; same shape, float32."""
+    x = np.clip((np.asarray(sims, dtype=np.float32) - tau) / (1.0 - tau), 0.0, 1.0)
+    out: np.ndarray = x if alpha == 1.0 else x**alpha
+    return out
+
+
+def aggregate_neighbors(
+    sims: FloatArray, frames: np.ndarray, num_frames: int, *, tau: float, alpha: float
+) -> FloatArray:
+    """Chamfer scores of frames from per-query-feature neighbour lists.
+
+    Only matches present in the neighbour lists count; a frame absent from a query feature's list
+    contributes 0 for that feature (an approximation that is exact once the list holds each frame's best
+    match, e.g. with an exhaustive list).
+
+    Args:
+        sims: ``(Q, k)`` float32 inner products, each row sorted in descending order.
+        frames: ``(Q, k)`` int64 frame numbers in ``[0, num_frames)``, ``-1`` for padding.
+        num_frames: number of frames the numbers refer to.
+        tau, alpha: kernel parameters.
+
+    Returns:
+        ``(num_frames,)`` float32 scores (sum of kernel values; divide by ``|Q|`` for the mean).
+    """
+    q, k = frames.shape
+    if q == 0 or k == 0 or num_frames == 0:
+        return np.zeros(num_frames, np.float32)
+    rows = np.repeat(np.arange(q, dtype=np.int64), k)
+    flat_frames = frames.reshape(-1)
+    flat_sims = sims.reshape(-1)
+    valid = flat_frames >= 0
+    keys = rows[valid] * num_frames + flat_frames[valid]
+    # rows are sorted by similarity, so the first occurrence of (query feature, frame) is its best match
+    _, first = np.unique(keys, return_index=True)
+    best_frames = flat_frames[valid][first]
+    contrib = kernel(flat_sims[valid][first], tau, alpha)
+    return np.bincount(best_frames, weights=contrib, minlength=num_frames).astype(np.float32)
+
+
+def exact_chamfer(query: FloatArray, frames: list[FloatArray], *, tau: float = 0.0, alpha: float = 1.0) -> FloatArray:
+    """Brute-force reference: ``(F,)`` float32 mean kernel Chamfer similarity of ``query`` ``(Q, D)`` to each
+    frame's descriptors ``(N_i, D)``; an empty frame scores 0."""
+    out = np.zeros(len(frames), np.float32)
+    if query.shape[0] == 0:
+        return out
+    for i, x in enumerate(frames):
+        if x.shape[0]:
+            out[i] = kernel((query @ x.T).max(axis=1), tau, alpha).mean()
+    return out
+
+
+def pairwise_chamfer(
+    sets: list[torch.Tensor], *, tau: float, alpha: float, block_rows: int = 4096
+) -> torch.Tensor:
+    """Dense asymmetric Chamfer similarity between every pair of feature sets.
+
+    Args:
+        sets: ``m`` tensors ``(n_i, D)`` of unit descriptors on one device (float32 or float16).
+        tau, alpha: kernel parameters.
+        block_rows: features processed per block (bounds memory to ``block_rows * sum(n_i)`` floats).
+
+    Returns:
+        ``(m, m)`` float32 tensor ``S[i, j] = S(set_i, set_j)`` (rows of empty sets are 0).
+    """
+    m = len(sets)
+    device = sets[0].device if sets else torch.device("cpu")
+    counts = torch.tensor([s.shape[0] for s in sets], device=device)
+    out = torch.zeros((m, m), dtype=torch.float32, device=device)
+    if m == 0 or int(counts.sum()) == 0:
+        return out
+    feats = torch.cat(list(sets)).to(torch.float32)
+    owner = torch.repeat_interleave(torch.arange(m, device=device), counts)
+    for start in range(0, feats.shape[0], block_rows):
+        block = feats[start : start + block_rows]
+        sims = block @ feats.T  # (b, total)
+        best = torch.full((block.shape[0], m), -1.0, dtype=torch.float32, device=device)
+        best.scatter_reduce_(1, owner.expand(block.shape[0], -1), sims, reduce="amax", include_self=True)
+        k = ((best - tau) / (1.0 - tau)).clamp(0.0, 1.0)
+        if alpha != 1.0:
+            k = k**alpha
+        out.index_add_(0, owner[start : start + block.shape[0]], k)
+    return out / counts.clamp_min(1).to(torch.float32)[:, None]

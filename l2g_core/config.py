@@ -1,0 +1,149 @@
+"""Frozen, validated configuration of the index and of the retrieval modes.
+
+Nothing here reads the environment: ``stream.settings`` builds these from its own settings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Literal
+
+from l2g_core.errors import ConfigError
+
+__all__ = ["MODES", "IndexConfig", "Mode", "RetrievalConfig"]
+
+Mode = Literal["global", "global_to_local", "local", "l2g"]
+MODES: tuple[Mode, ...] = ("global", "global_to_local", "local", "l2g")
+IndexKind = Literal["auto", "flat", "ivfpq"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _positive(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _require(
+            isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+            f"{type(obj).__name__}.{name} must be a positive number, got {value!r}",
+        )
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How frames are stored in the rolling index.
+
+    Attributes:
+        local_dim: dimension D of local descriptors.
+        global_dim: dimension G of global descriptors.
+        bucket_seconds: width of a time bucket; retention drops whole buckets.
+        retention_seconds: frames older than ``newest event time - retention_seconds`` are evicted;
+            ``None`` keeps everything.
+        max_features_per_frame: the strongest N local features of a frame are indexed.
+        rerank_features: the strongest features kept per frame (float16) for re-ranking and geometry.
+        index_kind: ``flat`` (exact inner product), ``ivfpq`` (compressed), or ``auto`` (flat until
+            ``compress_after`` features, then every shard is converted to IVF-PQ).
+        compress_after: number of indexed features at which ``auto`` switches to IVF-PQ.
+        ivf_lists: IVF coarse centroids; ``pq_bytes``: PQ code size per feature; ``nprobe``: lists probed.
+        train_size: vectors sampled to train IVF-PQ.
+        device: FAISS device; ``auto`` uses a GPU when faiss was built with one and a GPU is present.
+    """
+
+    local_dim: int
+    global_dim: int
+    bucket_seconds: float = 60.0
+    retention_seconds: float | None = 3600.0
+    max_features_per_frame: int = 512
+    rerank_features: int = 128
+    index_kind: IndexKind = "auto"
+    compress_after: int = 4_000_000
+    ivf_lists: int = 1024
+    pq_bytes: int = 16
+    nprobe: int = 16
+    train_size: int = 131_072
+    device: Device = "auto"
+
+    def __post_init__(self) -> None:
+        _positive(self, "local_dim", "global_dim", "bucket_seconds", "max_features_per_frame",
+                  "rerank_features", "compress_after", "ivf_lists", "pq_bytes", "nprobe", "train_size")
+        if self.retention_seconds is not None:
+            _positive(self, "retention_seconds")
+        _require(self.index_kind in ("auto", "flat", "ivfpq"), f"unknown index_kind {self.index_kind!r}")
+        _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
+        _require(self.local_dim % self.pq_bytes == 0 or self.index_kind == "flat",
+                 f"local_dim {self.local_dim} must be a multiple of pq_bytes {self.pq_bytes}")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Parameters of the four retrieval modes.
+
+    Stage 1 (local search, CANN-style Chamfer):
+        neighbors: nearest indexed features retrieved per query feature and shard.
+        query_features: strongest query features used.
+        kernel_tau, kernel_alpha: per-match similarity kernel
+            ``k(s) = max(0, (s - tau) / (1 - tau)) ** alpha``; tau=0, alpha=1 is plain Chamfer.
+        shortlist: stage-1 candidates kept (the L2G paper uses 700).
+
+    Stage 2 (L2G):
+        rerank_k: candidates re-ranked (the first ``rerank_k`` of the shortlist).
+        graph_neighbors: per candidate, how many strongest similarities are kept in the sparse
+            dissimilarity matrix; the rest are unknown (dissimilarity 1). ``0`` keeps the dense matrix.
+        dissimilarity_power: optional power on dissimilarities before MDS (1 = none).
+        mds_dim, mds_iterations, mds_eps: SMACOF output dimension, iteration cap, relative stress tolerance.
+        fusion_weight: weight w of the MDS embedding in the fused descriptor
+            ``[sqrt(w) e, sqrt(1-w) g]``; ``fusion_side="global"`` gives w to the global part instead.
+        sg_k, sg_beta: SuperGlobal MDescAug/RerankwMDA neighbourhood size K and weight beta.
+
+    Baselines:
+        g2l_shortlist: global top-N re-ranked by RANSAC inliers in ``global_to_local`` mode.
+        ransac_threshold: reprojection threshold in pixels; ``match_threshold``: minimum cosine of a
+            mutual nearest-neighbour match.
+
+    device: torch device for stage 2 (``auto``: CUDA when available).
+    """
+
+    neighbors: int = 64
+    query_features: int = 1024
+    kernel_tau: float = 0.0
+    kernel_alpha: float = 3.0
+    shortlist: int = 700
+    rerank_k: int = 100
+    graph_neighbors: int = 20
+    dissimilarity_power: float = 1.0
+    mds_dim: int = 32
+    mds_iterations: int = 100
+    mds_eps: float = 1e-4
+    fusion_weight: float = 0.5
+    fusion_side: Literal["mds", "global"] = "mds"
+    sg_k: int = 9
+    sg_beta: float = 0.15
+    g2l_shortlist: int = 100
+    ransac_threshold: float = 8.0
+    match_threshold: float = 0.8
+    device: Device = "auto"
+
+    def __post_init__(self) -> None:
+        _positive(self, "neighbors", "query_features", "kernel_alpha", "shortlist", "rerank_k",
+                  "dissimilarity_power", "mds_dim", "mds_iterations", "mds_eps", "sg_k", "g2l_shortlist",
+                  "ransac_threshold")
+        _require(0.0 <= self.kernel_tau < 1.0, f"kernel_tau must be in [0, 1), got {self.kernel_tau}")
+        _require(0.0 <= self.fusion_weight <= 1.0, f"fusion_weight must be in [0, 1], got {self.fusion_weight}")
+        _require(self.fusion_side in ("mds", "global"), f"unknown fusion_side {self.fusion_side!r}")
+        _require(self.graph_neighbors >= 0, f"graph_neighbors must be >= 0, got {self.graph_neighbors}")
+        _require(self.sg_beta >= 0.0, f"sg_beta must be >= 0, got {self.sg_beta}")
+        _require(-1.0 <= self.match_threshold <= 1.0, "match_threshold must be a cosine in [-1, 1]")
+        _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
+
+    def replace(self, **changes: object) -> RetrievalConfig:
+        """A copy with some fields changed (validated again)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        _require(not unknown, f"unknown RetrievalConfig fields: {sorted(unknown)}")
+        values = {name: getattr(self, name) for name in known}
+        values.update(changes)
+        return RetrievalConfig(**values)  # type: ignore[arg-type]

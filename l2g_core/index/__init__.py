@@ -1,0 +1,1 @@
+"""The rolling local-feature index: time-bucketed FAISS shards per camera."""

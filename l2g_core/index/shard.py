@@ -1,0 +1,166 @@
+"""One shard of the rolling index: the frames of one camera within one time bucket."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+from l2g_core.config import IndexConfig
+from l2g_core.index import backend
+from l2g_core.types import FloatArray, FrameFeatures, FrameKey
+
+__all__ = ["Shard", "ShardId"]
+
+
+@dataclass(frozen=True, order=True)
+class ShardId:
+    """``(camera_id, bucket)``; bucket = floor(timestamp / bucket_seconds)."""
+
+    camera_id: str
+    bucket: int
+
+
+class Shard:
+    """Frames of one camera in one time bucket, with their own FAISS index.
+
+    Local descriptors of all frames live in ``index`` (ids are shard-local feature numbers);
+    ``feature_frame[i]`` is the frame number of feature ``i``. Per frame the shard also keeps its key,
+    global descriptor and the strongest ``rerank_features`` descriptors (float16) with their keypoints,
+    which stage 2 and the geometric baseline use.
+
+    Not thread-safe: :class:`~l2g_core.index.rolling.RollingIndex` serialises access.
+    """
+
+    def __init__(self, shard_id: ShardId, config: IndexConfig, index: faiss.Index) -> None:
+        self.id = shard_id
+        self.config = config
+        self.index = index
+        self.keys: list[FrameKey] = []
+        self.rerank_descriptors: list[np.ndarray] = []  # per frame (n_i, D) float16
+        self.rerank_keypoints: list[FloatArray] = []  # per frame (n_i, 2) float32
+        self.image_sizes: list[tuple[int, int]] = []
+        self._globals: list[FloatArray] = []
+        self._feature_frame: list[np.ndarray] = []
+        self._cache_globals: FloatArray | None = None
+        self._cache_feature_frame: np.ndarray | None = None
+        self._cache_timestamps: np.ndarray | None = None
+        self.num_features = 0
+        self.version = 0
+
+    @property
+    def kind(self) -> str:
+        """``flat`` or ``ivfpq``."""
+        return "ivfpq" if isinstance(self.index, faiss.IndexIVF) else "flat"
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def globals(self) -> FloatArray:
+        """``(F, G)`` float32 global descriptors of the shard's frames."""
+        if self._cache_globals is None:
+            self._cache_globals = (
+                np.stack(self._globals) if self._globals else np.zeros((0, self.config.global_dim), np.float32)
+            )
+        return self._cache_globals
+
+    @property
+    def feature_frame(self) -> np.ndarray:
+        """``(num_features,)`` int64: frame number of each indexed feature."""
+        if self._cache_feature_frame is None:
+            self._cache_feature_frame = (
+                np.concatenate(self._feature_frame) if self._feature_frame else np.zeros(0, np.int64)
+            )
+        return self._cache_feature_frame
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        """``(F,)`` float64 event times of the shard's frames."""
+        if self._cache_timestamps is None:
+            self._cache_timestamps = np.array([k.timestamp for k in self.keys], dtype=np.float64)
+        return self._cache_timestamps
+
+    @property
+    def time_range(self) -> tuple[float, float]:
+        """Span of the bucket, ``[start, end)`` seconds."""
+        start = self.id.bucket * self.config.bucket_seconds
+        return start, start + self.config.bucket_seconds
+
+    def add(self, keys: Sequence[FrameKey], features: Sequence[FrameFeatures]) -> None:
+        """Append frames (already de-duplicated and trimmed to ``max_features_per_frame``)."""
+        descs = [f.descriptors for f in features]
+        frame0 = len(self.keys)
+        counts = np.array([d.shape[0] for d in descs], dtype=np.int64)
+        if counts.sum():
+            self.index.add(np.ascontiguousarray(np.concatenate(descs), dtype=np.float32))
+        self._feature_frame.append(np.repeat(np.arange(frame0, frame0 + len(keys), dtype=np.int64), counts))
+        for key, feat in zip(keys, features, strict=True):
+            strongest = feat.top(self.config.rerank_features)
+            self.keys.append(key)
+            self._globals.append(feat.global_descriptor)
+            self.rerank_descriptors.append(strongest.descriptors.astype(np.float16))
+            self.rerank_keypoints.append(strongest.keypoints)
+            self.image_sizes.append(feat.image_size)
+        self.num_features += int(counts.sum())
+        self._cache_globals = self._cache_feature_frame = self._cache_timestamps = None
+        self.version += 1
+
+    def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, np.ndarray]:
+        """Nearest indexed features of each query descriptor.
+
+        Args:
+            queries: ``(Q, D)`` float32 unit vectors.
+            k: neighbours per query (clipped to the shard size).
+
+        Returns:
+            ``(sims, frames)``: ``(Q, k')`` float32 inner products (descending per row) and ``(Q, k')`` int64
+            frame numbers, ``-1`` where fewer than ``k'`` neighbours exist.
+        """
+        kk = min(k, self.num_features)
+        if kk == 0:
+            return np.zeros((queries.shape[0], 0), np.float32), np.zeros((queries.shape[0], 0), np.int64)
+        sims, ids = self.index.search(queries, kk)
+        frames = np.where(ids >= 0, self.feature_frame[np.maximum(ids, 0)], -1)
+        return sims, frames
+
+    def raw_descriptors(self) -> FloatArray | None:
+        """``(num_features, D)`` float32 copy of a flat index's vectors; ``None`` for a compressed index."""
+        if self.kind != "flat":
+            return None
+        cpu = self.index if isinstance(self.index, faiss.IndexFlat) else faiss.index_gpu_to_cpu(self.index)
+        flat: Any = cpu
+        raw: FloatArray = faiss.rev_swig_ptr(flat.get_xb(), self.num_features * self.config.local_dim)
+        return raw.reshape(self.num_features, self.config.local_dim).copy()
+
+    def compress(self, template: faiss.Index) -> None:
+        """Move a flat shard's vectors into a clone of the trained IVF-PQ ``template``."""
+        raw = self.raw_descriptors()
+        if raw is None:
+            return
+        index = faiss.clone_index(template)
+        if raw.shape[0]:
+            index.add(raw)
+        self.index = faiss.downcast_index(index)
+        self.version += 1
+
+    def nbytes(self) -> int:
+        """Approximate resident bytes (index codes, id maps, per-frame arrays)."""
+        if self.kind == "flat":
+            index_bytes = self.num_features * self.config.local_dim * 4
+        else:
+            index_bytes = self.num_features * (self.config.pq_bytes + 8)
+        per_frame = sum(d.nbytes for d in self.rerank_descriptors) + sum(k.nbytes for k in self.rerank_keypoints)
+        return index_bytes + self.num_features * 8 + per_frame + len(self.keys) * (self.config.global_dim * 4 + 64)
+
+
+def new_shard(shard_id: ShardId, config: IndexConfig, template: faiss.Index | None) -> Shard:
+    """An empty shard: flat, or a clone of the trained IVF-PQ template."""
+    if template is not None:
+        index = faiss.downcast_index(faiss.clone_index(template))
+    else:
+        index = backend.to_device(backend.new_flat(config.local_dim), config)
+    return Shard(shard_id, config, index)

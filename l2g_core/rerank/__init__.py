@@ -1,0 +1,1 @@
+"""Stage-2 building blocks: SMACOF MDS, SuperGlobal re-ranking and the L2G re-ranker."""
