@@ -71,34 +71,41 @@ def exact_chamfer(query: FloatArray, frames: list[FloatArray], *, tau: float = 0
     return out
 
 
-def pairwise_chamfer(
-    sets: list[torch.Tensor], *, tau: float, alpha: float, block_rows: int = 4096
-) -> torch.Tensor:
+def pairwise_chamfer(sets: list[torch.Tensor], *, tau: float, alpha: float, block_sets: int = 32) -> torch.Tensor:
     """Dense asymmetric Chamfer similarity between every pair of feature sets.
+
+    Sets are zero-padded to a common size: a padding vector has similarity 0 to everything, and the kernel
+    maps similarities <= tau (tau >= 0) to 0, so padding never changes a maximum that matters.
 
     Args:
         sets: ``m`` tensors ``(n_i, D)`` of unit descriptors on one device (float32 or float16).
         tau, alpha: kernel parameters.
-        block_rows: features processed per block (bounds memory to ``block_rows * sum(n_i)`` floats).
+        block_sets: query-side sets processed per matrix product (bounds memory).
 
     Returns:
         ``(m, m)`` float32 tensor ``S[i, j] = S(set_i, set_j)`` (rows of empty sets are 0).
     """
     m = len(sets)
     device = sets[0].device if sets else torch.device("cpu")
-    counts = torch.tensor([s.shape[0] for s in sets], device=device)
     out = torch.zeros((m, m), dtype=torch.float32, device=device)
-    if m == 0 or int(counts.sum()) == 0:
+    n_max = max((s.shape[0] for s in sets), default=0)
+    if n_max == 0:
         return out
-    feats = torch.cat(list(sets)).to(torch.float32)
-    owner = torch.repeat_interleave(torch.arange(m, device=device), counts)
-    for start in range(0, feats.shape[0], block_rows):
-        block = feats[start : start + block_rows]
-        sims = block @ feats.T  # (b, total)
-        best = torch.full((block.shape[0], m), -1.0, dtype=torch.float32, device=device)
-        best.scatter_reduce_(1, owner.expand(block.shape[0], -1), sims, reduce="amax", include_self=True)
+    dim = sets[0].shape[1]
+    padded = torch.zeros((m, n_max, dim), dtype=torch.float32, device=device)
+    counts = torch.zeros(m, dtype=torch.float32, device=device)
+    for i, s in enumerate(sets):
+        padded[i, : s.shape[0]] = s
+        counts[i] = s.shape[0]
+    flat = padded.reshape(m * n_max, dim)
+    valid = (torch.arange(n_max, device=device)[None, :] < counts[:, None]).to(torch.float32)  # (m, n_max)
+    for start in range(0, m, block_sets):
+        block = padded[start : start + block_sets]  # (b, n_max, D)
+        sims = (block.reshape(-1, dim) @ flat.T).reshape(block.shape[0], n_max, m, n_max)
+        best = sims.amax(dim=3)  # (b, n_max, m): best match of each feature within each set
         k = ((best - tau) / (1.0 - tau)).clamp(0.0, 1.0)
         if alpha != 1.0:
             k = k**alpha
-        out.index_add_(0, owner[start : start + block.shape[0]], k)
-    return out / counts.clamp_min(1).to(torch.float32)[:, None]
+        k = k * valid[start : start + block.shape[0], :, None]
+        out[start : start + block.shape[0]] = k.sum(dim=1)
+    return out / counts.clamp_min(1.0)[:, None]

@@ -74,7 +74,7 @@ class IndexConfig:
             _positive(self, "retention_seconds")
         _require(self.index_kind in ("auto", "flat", "ivfpq"), f"unknown index_kind {self.index_kind!r}")
         _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
-        _require(self.local_dim % self.pq_bytes == 0 or self.index_kind == "flat",
+        _require(self.local_dim % self.pq_bytes == 0 or self.index_kind != "ivfpq",
                  f"local_dim {self.local_dim} must be a multiple of pq_bytes {self.pq_bytes}")
 
 
@@ -91,6 +91,8 @@ class RetrievalConfig:
 
     Stage 2 (L2G):
         rerank_k: candidates re-ranked (the first ``rerank_k`` of the shortlist).
+        graph_features: strongest local features per item used for the candidate similarity graph
+            (cost grows with its square).
         graph_neighbors: per candidate, how many strongest similarities are kept in the sparse
             dissimilarity matrix; the rest are unknown (dissimilarity 1). ``0`` keeps the dense matrix.
         dissimilarity_power: optional power on dissimilarities before MDS (1 = none).
@@ -113,6 +115,7 @@ class RetrievalConfig:
     kernel_alpha: float = 3.0
     shortlist: int = 700
     rerank_k: int = 100
+    graph_features: int = 64
     graph_neighbors: int = 20
     dissimilarity_power: float = 1.0
     mds_dim: int = 32
@@ -128,7 +131,7 @@ class RetrievalConfig:
     device: Device = "auto"
 
     def __post_init__(self) -> None:
-        _positive(self, "neighbors", "query_features", "kernel_alpha", "shortlist", "rerank_k",
+        _positive(self, "neighbors", "query_features", "kernel_alpha", "shortlist", "rerank_k", "graph_features",
                   "dissimilarity_power", "mds_dim", "mds_iterations", "mds_eps", "sg_k", "g2l_shortlist",
                   "ransac_threshold")
         _require(0.0 <= self.kernel_tau < 1.0, f"kernel_tau must be in [0, 1), got {self.kernel_tau}")

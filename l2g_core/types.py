@@ -112,9 +112,9 @@ class FrameFeatures:
 
     def top(self, n: int) -> FrameFeatures:
         """The ``n`` strongest local features (by score), in descending score order."""
-        if self.num_features <= n:
-            return self
         order = np.argsort(-self.scores, kind="stable")[:n]
+        if order.shape[0] == self.num_features and bool(np.all(order == np.arange(order.shape[0]))):
+            return self
         return FrameFeatures(
             self.descriptors[order], self.keypoints[order], self.scores[order], self.global_descriptor,
             self.image_size,

@@ -82,7 +82,4 @@ def serialize(index: faiss.Index) -> np.ndarray:
 def deserialize(blob: np.ndarray) -> faiss.Index:
     """Inverse of :func:`serialize`."""
     tune_faiss()
-    index = faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
-    if isinstance(index, faiss.IndexIVF):
-        index = faiss.downcast_index(index)
-    return index
+    return faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))

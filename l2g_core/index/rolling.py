@@ -208,8 +208,8 @@ class RollingIndex:
 
     def _maybe_compress(self) -> None:
         kind = self.config.index_kind
-        if self._template is not None or kind == "flat":
-            return
+        if self._template is not None or kind == "flat" or self.config.local_dim % self.config.pq_bytes:
+            return  # (auto with a dimension PQ cannot split stays flat)
         threshold = self.config.train_size if kind == "ivfpq" else self.config.compress_after
         if self._features < max(threshold, 39):
             return

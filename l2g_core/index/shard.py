@@ -144,7 +144,7 @@ class Shard:
         index = faiss.clone_index(template)
         if raw.shape[0]:
             index.add(raw)
-        self.index = faiss.downcast_index(index)
+        self.index = index
         self.version += 1
 
     def nbytes(self) -> int:
@@ -160,7 +160,7 @@ class Shard:
 def new_shard(shard_id: ShardId, config: IndexConfig, template: faiss.Index | None) -> Shard:
     """An empty shard: flat, or a clone of the trained IVF-PQ template."""
     if template is not None:
-        index = faiss.downcast_index(faiss.clone_index(template))
+        index = faiss.clone_index(template)  # already the concrete type; owns its memory
     else:
         index = backend.to_device(backend.new_flat(config.local_dim), config)
     return Shard(shard_id, config, index)

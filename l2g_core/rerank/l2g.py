@@ -106,9 +106,9 @@ def l2g_rerank(
     device = resolve_device(config.device)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    n_query = max((d.shape[0] for d in candidates.descriptors), default=0) or query_descriptors.shape[0]
-    sets = [torch.from_numpy(np.ascontiguousarray(query_descriptors[:n_query])).to(device)]
-    sets += [torch.from_numpy(d.astype(np.float32)).to(device) for d in candidates.descriptors]
+    n = config.graph_features  # descriptors are stored strongest first
+    sets = [torch.from_numpy(np.ascontiguousarray(query_descriptors[:n])).to(device)]
+    sets += [torch.from_numpy(d[:n].astype(np.float32)).to(device) for d in candidates.descriptors]
     sim = pairwise_chamfer(sets, tau=config.kernel_tau, alpha=config.kernel_alpha)
     sim = 0.5 * (sim + sim.T)
     sim.fill_diagonal_(1.0)

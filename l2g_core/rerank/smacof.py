@@ -93,6 +93,8 @@ def smacof(
     """
     if delta.ndim == 2:
         delta = delta[None]
+    if weights is not None and weights.ndim == 2:
+        weights = weights[None]
     if delta.ndim != 3 or delta.shape[1] != delta.shape[2]:
         raise ShapeError(f"delta must be (B, n, n), got {tuple(delta.shape)}")
     bsz, n, _ = delta.shape

@@ -1,0 +1,196 @@
+"""RollingIndex: dedup, retention, filters, concurrent search, compression and snapshots."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from l2g_core import (
+    FrameFeatures,
+    FrameKey,
+    IndexConfig,
+    RetrievalConfig,
+    Retriever,
+    RollingIndex,
+    ShapeError,
+    SnapshotError,
+)
+from l2g_core.datasets import make_synthetic_video
+
+
+def _video(frames: int = 80, seed: int = 0, fps: float = 2.0):
+    return make_synthetic_video(num_frames=frames, num_scenes=8, features_per_frame=48, local_dim=32,
+                                global_dim=16, num_queries=5, fps=fps, seed=seed)
+
+
+def _config(**kw: object) -> IndexConfig:
+    base: dict[str, object] = {"local_dim": 32, "global_dim": 16, "bucket_seconds": 10.0, "retention_seconds": None}
+    base.update(kw)
+    return IndexConfig(**base)  # type: ignore[arg-type]
+
+
+def _ranking(index: RollingIndex, query: FrameFeatures, mode: str = "local") -> list[tuple[FrameKey, float]]:
+    res = Retriever(index, RetrievalConfig(rerank_k=20, shortlist=40)).search(query, mode=mode, k=20)
+    return [(h.key, round(h.score, 5)) for h in res.hits]
+
+
+def test_duplicates_are_skipped() -> None:
+    v = _video()
+    index = RollingIndex(_config())
+    assert index.add(v.keys[:50], v.features[:50]) == 50
+    assert index.add(v.keys[40:], v.features[40:]) == 30  # 10 overlap
+    assert len(index) == 80
+    assert index.stats().features == sum(f.num_features for f in v.features)
+    assert index.contains(v.keys[0]) and not index.contains(FrameKey("cam-0", 0.0, 10_000))
+
+
+def test_mismatched_batch_is_rejected_without_partial_add() -> None:
+    v = _video()
+    index = RollingIndex(_config())
+    bad = FrameFeatures.create(np.ones((3, 8)), np.zeros((3, 2)), np.ones(3), np.ones(16))
+    with pytest.raises(ShapeError, match="dimension 8"):
+        index.add(v.keys[:2], [v.features[0], bad])
+    with pytest.raises(ShapeError, match="keys but"):
+        index.add(v.keys[:2], v.features[:1])
+    assert len(index) == 0
+
+
+def test_retention_drops_whole_buckets_and_their_memory() -> None:
+    v = _video(frames=120, fps=2.0)  # 60 s of video
+    index = RollingIndex(_config(retention_seconds=20.0))
+    index.add(v.keys, v.features)
+    stats = index.stats()
+    newest = v.keys[-1].timestamp
+    assert stats.oldest_timestamp is not None and stats.oldest_timestamp >= newest - 30.0
+    assert all(s.time_range[1] > newest - 20.0 for s in index.shards())
+    assert stats.frames == len(index) < 120
+    late = FrameKey("cam-0", v.keys[0].timestamp, 99_999)  # far behind the horizon
+    assert index.add([late], [v.features[0]]) == 0
+    before = index.stats().nbytes
+    assert index.evict_before(newest + 100) == stats.frames
+    assert index.stats().frames == 0 and index.stats().nbytes < before and index.stats().features == 0
+
+
+def test_camera_and_time_filters() -> None:
+    v = _video()
+    index = RollingIndex(_config())
+    index.add(v.keys, v.features)
+    retriever = Retriever(index)
+    query = v.queries[0]
+    res = retriever.search(query, mode="local", k=50, cameras={"cam-1"})
+    assert res.hits and all(h.key.camera_id == "cam-1" for h in res.hits)
+    t0 = v.keys[10].timestamp
+    res = retriever.search(query, mode="global", k=50, time_range=(t0, t0 + 5.0))
+    assert res.hits and all(t0 <= h.key.timestamp <= t0 + 5.0 for h in res.hits)
+    assert res.coverage.frames_total < len(index)
+
+
+def test_search_while_appending_is_safe() -> None:
+    v = _video(frames=200)
+    index = RollingIndex(_config())
+    index.add(v.keys[:20], v.features[:20])
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i in range(20, 200, 5):
+                index.add(v.keys[i : i + 5], v.features[i : i + 5])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    results = [Retriever(index).search(v.queries[i % 5], mode="local", k=5) for i in range(30)]
+    thread.join()
+    assert not errors
+    assert len(index) == 200 and all(r.hits for r in results)
+
+
+def test_snapshot_round_trip_gives_identical_answers(tmp_path: Path) -> None:
+    v = _video()
+    index = RollingIndex(_config())
+    index.add(v.keys, v.features)
+    index.save(tmp_path / "snap", {"offsets": {"video:0": 41}})
+    loaded, meta = RollingIndex.load(tmp_path / "snap")
+    assert meta == {"offsets": {"video:0": 41}}
+    assert len(loaded) == len(index) and loaded.stats().features == index.stats().features
+    for q in v.queries:
+        for mode in ("local", "global", "l2g"):
+            assert _ranking(loaded, q, mode) == _ranking(index, q, mode)
+    # duplicates are still recognised after a restart
+    assert loaded.add(v.keys[:5], v.features[:5]) == 0
+
+
+def test_snapshot_is_incremental_and_cleans_up(tmp_path: Path) -> None:
+    v = _video(frames=120)
+    index = RollingIndex(_config())
+    index.add(v.keys[:60], v.features[:60])
+    snap = tmp_path / "snap"
+    index.save(snap)
+    first = {p.name: p.stat().st_mtime_ns for p in snap.glob("shard-*")}
+    index.add(v.keys[60:], v.features[60:])
+    index.save(snap)
+    second = {p.name: p.stat().st_mtime_ns for p in snap.glob("shard-*")}
+    unchanged = [n for n in first if n in second]
+    assert unchanged and all(first[n] == second[n] for n in unchanged)  # untouched shards not rewritten
+    manifest = json.loads((snap / "manifest.json").read_text())
+    assert {e["file"] for e in manifest["shards"]} == set(second)  # no orphan files
+    assert len(RollingIndex.load(snap)[0]) == 120
+
+
+def test_torn_write_leaves_previous_snapshot_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    v = _video()
+    index = RollingIndex(_config())
+    index.add(v.keys[:40], v.features[:40])
+    snap = tmp_path / "snap"
+    index.save(snap, {"n": 40})
+    index.add(v.keys[40:], v.features[40:])
+
+    import l2g_core.index.persistence as persistence
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(persistence.np, "savez", disk_full)
+    with pytest.raises(SnapshotError, match="No space left"):
+        index.save(snap, {"n": 80})
+    monkeypatch.undo()
+    loaded, meta = RollingIndex.load(snap)
+    assert meta == {"n": 40} and len(loaded) == 40
+    assert not list(snap.glob(".tmp-*"))
+
+
+def test_corrupt_or_missing_snapshot_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SnapshotError, match="no readable snapshot manifest"):
+        RollingIndex.load(tmp_path / "nothing")
+    v = _video()
+    index = RollingIndex(_config())
+    index.add(v.keys, v.features)
+    index.save(tmp_path / "snap")
+    next((tmp_path / "snap").glob("shard-*")).write_bytes(b"garbage")
+    with pytest.raises(SnapshotError, match="corrupt snapshot"):
+        RollingIndex.load(tmp_path / "snap")
+
+
+def test_auto_compression_to_ivfpq_keeps_answers_close(tmp_path: Path) -> None:
+    v = make_synthetic_video(num_frames=300, num_scenes=20, features_per_frame=64, local_dim=32, global_dim=16,
+                             num_queries=8, seed=3)
+    flat = RollingIndex(_config(index_kind="flat"))
+    flat.add(v.keys, v.features)
+    small = _config(index_kind="auto", compress_after=8000, train_size=8000, ivf_lists=64, pq_bytes=8, nprobe=16)
+    compressed = RollingIndex(small)
+    compressed.add(v.keys, v.features)
+    assert compressed.stats().kind == "ivfpq" and all(s.kind == "ivfpq" for s in compressed.shards())
+    assert compressed.stats().nbytes < flat.stats().nbytes
+    agree = [
+        _ranking(flat, q)[0][0] == _ranking(compressed, q)[0][0] for q in v.queries
+    ]
+    assert sum(agree) >= 6  # top-1 mostly unchanged under 8-byte PQ
+    compressed.save(tmp_path / "snap")
+    loaded, _ = RollingIndex.load(tmp_path / "snap")
+    assert loaded.stats().kind == "ivfpq"
+    assert [_ranking(loaded, q) for q in v.queries] == [_ranking(compressed, q) for q in v.queries]
