@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -40,7 +42,7 @@ def test_default_start_is_deterministic_and_stress_never_increases() -> None:
     b = smacof(delta, dim=3, max_iter=50, eps=0.0)
     assert torch.equal(a.embedding, b.embedding)
     stresses = [float(smacof(delta, dim=3, max_iter=t, eps=0.0).stress[0]) for t in (1, 2, 5, 20, 50)]
-    assert all(later <= earlier + 1e-9 for earlier, later in zip(stresses, stresses[1:], strict=False))
+    assert all(later <= earlier + 1e-9 for earlier, later in itertools.pairwise(stresses))
     assert stresses[-1] < stresses[0]
 
 
