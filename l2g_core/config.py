@@ -60,7 +60,7 @@ class IndexConfig:
     max_features_per_frame: int = 512
     rerank_features: int = 128
     index_kind: IndexKind = "auto"
-    compress_after: int = 4_000_000
+    compress_after: int = 1_000_000
     ivf_lists: int = 1024
     pq_bytes: int = 16
     nprobe: int = 16

