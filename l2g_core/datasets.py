@@ -42,7 +42,8 @@ class SceneModel:
         self.glob = l2_normalize(self.rng.standard_normal((num_scenes, global_dim)).astype(np.float32))
 
     def _jitter(self, x: np.ndarray, scale: float) -> np.ndarray:
-        return x + scale * self.rng.standard_normal(x.shape).astype(np.float32) / np.sqrt(x.shape[-1])
+        out: np.ndarray = x + scale * self.rng.standard_normal(x.shape).astype(np.float32) / np.sqrt(x.shape[-1])
+        return out
 
     def frame(self, scene: int) -> FrameFeatures:
         """One frame of ``scene``."""
