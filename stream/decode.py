@@ -1,0 +1,196 @@
+"""Decoding: video segments (PyAV, frame-threaded) and query images (OpenCV) into RGB arrays.
+
+Every failure is a :class:`~stream.errors.BadInputError` subclass with a ``reason``, so the worker can
+dead-letter the message and go on.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import av
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from stream.errors import ImageDecodeError, VideoDecodeError
+
+__all__ = ["SUPPORTED_CODECS", "DecodedChunk", "DecodedFrame", "decode_chunk", "decode_image", "fit_size"]
+
+LOG = logging.getLogger(__name__)
+
+#: Video codecs the worker decodes; anything else is dead-lettered as ``unsupported_codec``.
+SUPPORTED_CODECS = frozenset({"h264", "hevc", "mpeg4", "vp9", "av1", "libdav1d", "mjpeg"})
+
+RGBImage = npt.NDArray[np.uint8]
+FrameSelector = Callable[[int, float], bool]
+
+
+def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """``(width, height)`` scaled down so the longer side is at most ``max_side`` (even sizes, never upscaled)."""
+    scale = min(1.0, max_side / max(width, height))
+    w = max(2, round(width * scale / 2) * 2)
+    h = max(2, round(height * scale / 2) * 2)
+    return (w, h) if scale < 1.0 else (width, height)
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """One decoded, selected frame.
+
+    Attributes:
+        index: position in the segment's presentation order (0-based).
+        offset: seconds since the segment's first frame.
+        image: ``(H, W, 3)`` uint8 RGB, resized to the requested maximum side.
+    """
+
+    index: int
+    offset: float
+    image: RGBImage
+
+
+@dataclass(frozen=True)
+class DecodedChunk:
+    """What decoding one segment produced.
+
+    Attributes:
+        frames: the selected frames (the others were decoded but not converted).
+        decoded: frames decoded in total.
+        codec: the codec found.
+        width, height: coded size of the stream.
+        error: set when decoding stopped early (truncated or corrupt tail); ``frames`` hold what came out before.
+    """
+
+    frames: list[DecodedFrame] = field(default_factory=list)
+    decoded: int = 0
+    codec: str = ""
+    width: int = 0
+    height: int = 0
+    error: str | None = None
+
+
+def decode_chunk(
+    data: bytes,
+    *,
+    container: str = "mpegts",
+    select: FrameSelector | None = None,
+    max_side: int = 640,
+    threads: int = 0,
+    max_frames: int = 3_000,
+) -> DecodedChunk:
+    """Decode one self-contained MPEG-TS or MP4 segment.
+
+    Every frame is decoded (inter-frame codecs need them all), but only frames for which ``select(index, offset)``
+    is true are converted to RGB, which is the expensive part.
+
+    Args:
+        data: the encoded segment.
+        container: ``mpegts`` or ``mp4`` (a hint; the demuxer still probes).
+        select: which frames to convert (None: all).
+        max_side: converted frames are resized so their longer side is at most this.
+        threads: decoder threads with ``thread_type="AUTO"`` (0 = automatic).
+        max_frames: stop after this many frames.
+
+    Returns:
+        The selected frames and decode statistics; ``error`` is set when the data ended in an error after at
+        least one frame.
+
+    Raises:
+        VideoDecodeError: nothing decodable (reason ``corrupt_video``), no video stream (``no_video_stream``),
+            or an unsupported codec (``unsupported_codec``).
+    """
+    if not data:
+        raise VideoDecodeError("empty video segment", reason="empty_video")
+    try:
+        source = av.open(io.BytesIO(data), mode="r", format=container)
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        raise VideoDecodeError(f"cannot open {container} segment ({len(data)} bytes): {exc}") from exc
+    with source:
+        if not source.streams.video:
+            raise VideoDecodeError(f"{container} segment has no video stream", reason="no_video_stream")
+        stream = source.streams.video[0]
+        codec = stream.codec_context.name
+        if codec not in SUPPORTED_CODECS:
+            raise VideoDecodeError(f"unsupported video codec {codec!r}", reason="unsupported_codec")
+        stream.thread_type = "AUTO"
+        stream.thread_count = threads
+        frames: list[DecodedFrame] = []
+        decoded = 0
+        first: float | None = None
+        error: str | None = None
+        rate = float(stream.average_rate) if stream.average_rate else 0.0
+        width, height = stream.codec_context.width, stream.codec_context.height
+        try:
+            for frame in source.decode(stream):
+                t = frame.time if frame.time is not None else (decoded / rate if rate else float(decoded))
+                if first is None:
+                    first = t
+                offset = max(0.0, t - first)
+                if select is None or select(decoded, offset):
+                    w, h = fit_size(frame.width, frame.height, max_side)
+                    image = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+                    frames.append(DecodedFrame(decoded, offset, np.ascontiguousarray(image, dtype=np.uint8)))
+                decoded += 1
+                if decoded >= max_frames:
+                    error = f"segment cut at {max_frames} frames"
+                    break
+        except (av.FFmpegError, ValueError, OSError, MemoryError) as exc:
+            if decoded == 0:
+                raise VideoDecodeError(f"cannot decode {codec} segment: {exc}") from exc
+            error = f"decoding stopped after {decoded} frames: {exc}"
+        if decoded == 0:
+            raise VideoDecodeError(f"{codec} segment of {len(data)} bytes holds no decodable frame")
+    return DecodedChunk(frames, decoded, codec, width, height, error)
+
+
+def decode_image(data: bytes, *, max_side: int = 640, max_pixels: int = 40_000_000) -> RGBImage:
+    """Decode a JPEG or PNG query image to RGB, resized so its longer side is at most ``max_side``.
+
+    Args:
+        data: the encoded image.
+        max_side: resize bound (matches the scale frames are indexed at).
+        max_pixels: larger images are rejected before decoding (decompression-bomb guard).
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB.
+
+    Raises:
+        ImageDecodeError: empty, not JPEG/PNG, corrupt, or too large.
+    """
+    if not data:
+        raise ImageDecodeError("empty image", reason="empty_image")
+    if not (data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"))):
+        raise ImageDecodeError("image is neither JPEG nor PNG", reason="unsupported_image")
+    size = _image_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageDecodeError(f"image of {size[0]}x{size[1]} pixels exceeds {max_pixels}", reason="image_too_large")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise ImageDecodeError(f"cannot decode image ({len(data)} bytes)")
+    if bgr.shape[0] < 8 or bgr.shape[1] < 8:
+        raise ImageDecodeError(f"image of {bgr.shape[1]}x{bgr.shape[0]} is too small", reason="image_too_small")
+    w, h = fit_size(bgr.shape[1], bgr.shape[0], max_side)
+    if (w, h) != (bgr.shape[1], bgr.shape[0]):
+        bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+    rgb: RGBImage = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return rgb
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG IHDR or JPEG SOF header without decoding, when found."""
+    if data.startswith(b"\x89PNG") and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        i += 2 + length
+    return None

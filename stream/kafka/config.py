@@ -1,0 +1,45 @@
+"""Client configuration shared by consumers, producers and the admin client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream.settings import KafkaSettings
+
+__all__ = ["common_config", "merge_extra"]
+
+
+def common_config(kafka: KafkaSettings, client_id: str) -> dict[str, Any]:
+    """Connection and security options understood by every kafka-python client.
+
+    Args:
+        kafka: connection settings.
+        client_id: the client id to report to the broker.
+
+    Returns:
+        Keyword arguments for ``KafkaConsumer``, ``KafkaProducer`` or ``KafkaAdminClient``.
+    """
+    conf: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in kafka.bootstrap_servers.split(",") if s.strip()],
+        "client_id": client_id,
+        "security_protocol": kafka.security_protocol,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    if kafka.security_protocol.startswith("SASL"):
+        conf["sasl_mechanism"] = kafka.sasl_mechanism
+        conf["sasl_plain_username"] = kafka.sasl_username
+        conf["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    if kafka.security_protocol.endswith("SSL"):
+        conf["ssl_check_hostname"] = kafka.ssl_check_hostname
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(kafka, name)
+            if value is not None:
+                conf[name] = str(value)
+        if kafka.ssl_password is not None:
+            conf["ssl_password"] = kafka.ssl_password.get_secret_value()
+    return conf
+
+
+def merge_extra(core: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``core`` plus the pass-through ``extra`` options; ``extra`` cannot override a core option."""
+    return {**{k: v for k, v in extra.items() if k not in core}, **core}

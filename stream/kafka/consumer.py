@@ -1,0 +1,197 @@
+"""kafka-python consumer behind :class:`stream.ports.MessageSource`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from stream.errors import BrokerError
+from stream.kafka.config import common_config, merge_extra
+from stream.ports import Partition, RebalanceCallback, Record
+from stream.settings import KafkaSettings
+
+__all__ = ["KafkaSource"]
+
+LOG = logging.getLogger(__name__)
+
+
+def _tp(p: Partition) -> TopicPartition:
+    return TopicPartition(p.topic, p.partition)
+
+
+def _part(tp: TopicPartition) -> Partition:
+    return Partition(tp.topic, tp.partition)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, on_assign: RebalanceCallback, on_revoke: RebalanceCallback) -> None:
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+
+    def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        self.on_revoke([_part(tp) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        self.on_assign([_part(tp) for tp in assigned])
+
+
+class KafkaSource:
+    """A kafka-python ``KafkaConsumer`` with manual commits, implementing :class:`~stream.ports.MessageSource`.
+
+    Args:
+        kafka: connection settings.
+        client_id: client id reported to the broker.
+        group_id: consumer group for :meth:`subscribe`; None for :meth:`assign_all` only.
+        max_poll_records: default cap of records per poll.
+        max_partition_fetch_bytes: per-partition fetch size (at least one message is always returned).
+
+    Raises:
+        BrokerError: the bootstrap servers cannot be reached.
+    """
+
+    def __init__(self, kafka: KafkaSettings, *, client_id: str, group_id: str | None = None,
+                 max_poll_records: int = 100, max_partition_fetch_bytes: int | None = None) -> None:
+        conf: dict[str, Any] = {
+            **common_config(kafka, client_id),
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": kafka.auto_offset_reset,
+            "max_poll_records": max_poll_records,
+            "max_partition_fetch_bytes": max_partition_fetch_bytes or max(kafka.max_request_size, 1_048_576),
+            "allow_auto_create_topics": False,
+        }
+        if group_id is not None:
+            conf.update(session_timeout_ms=kafka.session_timeout_ms, heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+                        max_poll_interval_ms=kafka.max_poll_interval_ms)
+        conf = merge_extra(conf, kafka.consumer_extra)
+        try:
+            self._consumer = KafkaConsumer(**conf)
+        except KafkaError as exc:
+            raise BrokerError(f"cannot connect consumer to {kafka.bootstrap_servers}: {exc}") from exc
+        self._positions: dict[Partition, int] = {}
+        self._end_checked = 0.0
+        self._ends: dict[Partition, int] = {}
+
+    # ------------------------------------------------------------------ membership
+    def subscribe(self, topics: Collection[str], *, on_assign: RebalanceCallback,
+                  on_revoke: RebalanceCallback) -> None:
+        """Join the group for ``topics``; the callbacks run inside :meth:`poll`."""
+
+        def assigned(parts: Collection[Partition]) -> None:
+            on_assign(parts)
+
+        def revoked(parts: Collection[Partition]) -> None:
+            on_revoke(parts)
+            for p in parts:
+                self._positions.pop(p, None)
+
+        self._consumer.subscribe(list(topics), listener=_Listener(assigned, revoked))
+
+    def assign_all(self, topic: str, *, from_end: bool) -> list[Partition]:
+        """Read every partition of ``topic`` outside any group; resolves the start positions before returning."""
+        try:
+            ids = self._consumer.partitions_for_topic(topic)
+        except KafkaError as exc:
+            raise BrokerError(f"cannot list partitions of {topic}: {exc}") from exc
+        if not ids:
+            return []
+        tps = [TopicPartition(topic, i) for i in sorted(ids)]
+        self._consumer.assign(tps)
+        if from_end:
+            self._consumer.seek_to_end(*tps)
+        else:
+            self._consumer.seek_to_beginning(*tps)
+        for tp in tps:  # resolve the lazy seek now, so nothing produced after this call is missed
+            self._positions[_part(tp)] = int(self._consumer.position(tp))
+        return [_part(tp) for tp in tps]
+
+    def assignment(self) -> set[Partition]:
+        """Partitions currently assigned."""
+        return {_part(tp) for tp in self._consumer.assignment()}
+
+    # ------------------------------------------------------------------ reading
+    def poll(self, timeout_s: float, max_records: int) -> list[Record]:
+        """Up to ``max_records`` records (in partition order), waiting at most ``timeout_s``.
+
+        Raises:
+            BrokerError: the client reports an error that is not a transient connection problem.
+        """
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:
+            raise BrokerError(f"poll failed: {exc}") from exc
+        out: list[Record] = []
+        for tp in sorted(batches, key=lambda t: (t.topic, t.partition)):
+            for r in batches[tp]:
+                out.append(Record(r.topic, r.partition, r.offset, r.key, r.value,
+                                  [(k, v) for k, v in (r.headers or [])], int(r.timestamp)))
+            if batches[tp]:
+                self._positions[_part(tp)] = batches[tp][-1].offset + 1
+        return out
+
+    def seek(self, partition: Partition, offset: int) -> None:
+        """Read ``partition`` from ``offset`` next."""
+        self._consumer.seek(_tp(partition), offset)
+        self._positions[partition] = offset
+
+    def committed(self, partition: Partition) -> int | None:
+        """The group's committed offset for ``partition`` (None when nothing was committed)."""
+        try:
+            value = self._consumer.committed(_tp(partition))
+        except KafkaError as exc:
+            raise BrokerError(f"cannot read the committed offset of {partition}: {exc}") from exc
+        return None if value is None or value < 0 else int(value)
+
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """Commit ``offsets`` for partitions still assigned (a commit after a rebalance is skipped, logged).
+
+        Raises:
+            BrokerError: the broker refused the commit for another reason.
+        """
+        owned = self.assignment()
+        todo = {_tp(p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items() if p in owned}
+        if not todo:
+            return
+        try:
+            self._consumer.commit(todo)
+        except CommitFailedError as exc:
+            LOG.warning("commit skipped after a rebalance: %s", exc)
+        except KafkaError as exc:
+            raise BrokerError(f"commit failed: {exc}") from exc
+
+    def lag(self) -> dict[Partition, int]:
+        """Messages between the read position and the high watermark, per assigned partition (when known)."""
+        out: dict[Partition, int] = {}
+        missing: list[TopicPartition] = []
+        for tp in self._consumer.assignment():
+            part = _part(tp)
+            high = self._consumer.highwater(tp)
+            if high is None:
+                missing.append(tp)
+                high = self._ends.get(part)
+            pos = self._positions.get(part)
+            if high is not None and pos is not None:
+                out[part] = max(0, int(high) - pos)
+        now = time.monotonic()
+        if missing and now - self._end_checked > 5.0:  # the watermark is unknown until the first fetch
+            self._end_checked = now
+            try:
+                ends = self._consumer.end_offsets(missing, timeout_ms=2000)
+                self._ends.update({_part(tp): int(o) for tp, o in ends.items()})
+            except KafkaError as exc:
+                LOG.debug("end offsets unavailable: %s", exc)
+        return out
+
+    def close(self) -> None:
+        """Leave the group (LeaveGroup, so the partitions move at once) and close the connection."""
+        try:
+            self._consumer.close(autocommit=False)
+        except KafkaError as exc:  # closing must not mask the shutdown path
+            LOG.warning("consumer close failed: %s", exc)

@@ -1,0 +1,397 @@
+"""Typed, frozen settings of the stream runtime: the only module that reads the environment.
+
+Sources, highest priority first:
+
+1. keyword arguments (``Settings(kafka={"bootstrap_servers": "..."})``, used by the CLI and tests);
+2. environment variables with the prefix ``L2G_`` and ``__`` between nesting levels, e.g.
+   ``L2G_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or ``L2G_INGEST__SAMPLE_FPS=1``;
+3. a settings file (YAML, JSON or TOML) named by ``--config`` / :meth:`Settings.load` or by the
+   environment variable ``L2G_CONFIG_FILE``; its keys mirror the nesting (``kafka: {bootstrap_servers: ...}``);
+4. the defaults below.
+
+Secrets (SASL and TLS key passwords) are :class:`~pydantic.SecretStr` and never printed by :meth:`Settings.as_dict`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from stream.errors import ConfigurationError
+
+__all__ = [
+    "ENV_PREFIX",
+    "ExtractorSettings",
+    "HttpSettings",
+    "IndexSettings",
+    "IngestSettings",
+    "KafkaSettings",
+    "QuerySettings",
+    "RuntimeSettings",
+    "Settings",
+    "StorageSettings",
+    "TopicSettings",
+]
+
+ENV_PREFIX = "L2G_"
+_CONFIG_FILE_ENV = f"{ENV_PREFIX}CONFIG_FILE"
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("l2g_config_file", default=None)
+
+RetrievalMode = Literal["global", "global_to_local", "local", "l2g"]
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Group):
+    """Connection and client settings shared by every consumer and producer.
+
+    Attributes:
+        bootstrap_servers: comma-separated ``host:port`` list.
+        client_id: prefix of the client ids (the worker id is appended).
+        security_protocol: ``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT`` or ``SASL_SSL``.
+        sasl_mechanism, sasl_username, sasl_password: SASL credentials (password is secret).
+        ssl_cafile, ssl_certfile, ssl_keyfile, ssl_password, ssl_check_hostname: TLS settings.
+        session_timeout_ms, heartbeat_interval_ms, max_poll_interval_ms: group liveness. Tansu holds a
+            JoinGroup for about half the session timeout; a member that dies without leaving is replaced
+            after about ``max_poll_interval_ms``.
+        request_timeout_ms: client request timeout.
+        auto_offset_reset: where a partition without a committed offset starts.
+        max_message_bytes: largest message produced or accepted; larger inputs go to the dead-letter topic.
+            Keep it below the broker's ``message.max.bytes`` (about 1 MB by default).
+        max_request_size: the producer's client-side request limit (must exceed ``max_message_bytes``).
+        acks: producer acknowledgements.
+        linger_ms: producer batching delay.
+        consumer_extra, producer_extra: raw client options passed through unchanged (they cannot
+            override the options above).
+    """
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "l2g-stream"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_interval_ms: int = Field(300_000, ge=1_000)
+    request_timeout_ms: int = Field(30_000, ge=1_000)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_message_bytes: int = Field(900_000, ge=1_024)
+    max_request_size: int = Field(1_048_576, ge=1_024)
+    acks: Literal["0", "1", "all"] = "all"
+    linger_ms: int = Field(5, ge=0)
+    consumer_extra: dict[str, Any] = Field(default_factory=dict)
+    producer_extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        if self.max_request_size < self.max_message_bytes + 4096:
+            raise ValueError("max_request_size must exceed max_message_bytes by at least 4096 bytes of framing")
+        if self.security_protocol.startswith("SASL") and not (self.sasl_mechanism and self.sasl_username):
+            raise ValueError("SASL protocols need sasl_mechanism and sasl_username")
+        return self
+
+
+class TopicSettings(_Group):
+    """Topic names and (opt-out) creation.
+
+    Attributes:
+        video: video chunks, keyed by camera id.
+        queries: query messages (every worker reads every query).
+        results: query results, keyed by query id.
+        dead_letters: messages that could not be processed, with the reason.
+        create: create missing topics at start (idempotent); disable where topics are managed elsewhere.
+        partitions, replication_factor: used when creating.
+    """
+
+    video: str = "l2g.video"
+    queries: str = "l2g.queries"
+    results: str = "l2g.results"
+    dead_letters: str = "l2g.dead-letters"
+    create: bool = True
+    partitions: int = Field(3, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+
+class IngestSettings(_Group):
+    """Video ingest: sampling, batching and load shedding.
+
+    Attributes:
+        enabled: run the ingest loop.
+        group_id: consumer group shared by all workers (partitions are split between them).
+        sample_fps: frames per second kept per camera; ``0`` keeps every decoded frame.
+        min_sample_fps: floor of the sampling rate when shedding load.
+        load_shed: lower the sampling rate when behind (never block the group into a rebalance).
+        lag_high_messages: consumer lag (messages, summed over partitions) above which the rate is halved.
+        lag_low_messages: lag below which the rate recovers towards ``sample_fps``.
+        poll_budget_fraction: share of ``max_poll_interval_ms`` one poll's work may take before the rest of
+            that poll is processed at ``min_sample_fps``.
+        batch_size: frames per extractor batch.
+        max_poll_records: chunks fetched per poll.
+        poll_timeout_s: how long one poll waits for records.
+        frame_max_side: decoded frames are resized so their longer side is at most this many pixels.
+        decode_threads: PyAV decoder threads (0 = automatic), always with ``thread_type="AUTO"``.
+        max_frames_per_chunk: a chunk decoding to more frames is cut there (guards memory).
+        commit_interval_s: how often the index is snapshotted and offsets committed.
+    """
+
+    enabled: bool = True
+    group_id: str = "l2g-ingest"
+    sample_fps: float = Field(2.0, ge=0.0)
+    min_sample_fps: float = Field(0.2, gt=0.0)
+    load_shed: bool = True
+    lag_high_messages: int = Field(50, ge=1)
+    lag_low_messages: int = Field(5, ge=0)
+    poll_budget_fraction: float = Field(0.5, gt=0.0, le=0.9)
+    batch_size: int = Field(8, ge=1)
+    max_poll_records: int = Field(4, ge=1)
+    poll_timeout_s: float = Field(0.2, gt=0.0)
+    frame_max_side: int = Field(640, ge=32)
+    decode_threads: int = Field(0, ge=0)
+    max_frames_per_chunk: int = Field(3_000, ge=1)
+    commit_interval_s: float = Field(10.0, gt=0.0)
+
+
+class QuerySettings(_Group):
+    """Query answering.
+
+    Attributes:
+        enabled: run the query loop.
+        mode: retrieval mode used when a query names none.
+        k: matches returned when a query names no ``k``.
+        default_timeout_s: answer budget of a query without a deadline.
+        deadline_margin_s: the search stops this long before the deadline to leave time to publish.
+        image_max_side: query images are resized so their longer side is at most this (match the
+            frame scale: ``ingest.frame_max_side``).
+        max_image_pixels: larger images are rejected (decompression-bomb guard).
+        poll_timeout_s: how long one poll waits for queries.
+    """
+
+    enabled: bool = True
+    mode: RetrievalMode = "l2g"
+    k: int = Field(10, ge=1, le=1_000)
+    default_timeout_s: float = Field(5.0, gt=0.0)
+    deadline_margin_s: float = Field(0.05, ge=0.0)
+    image_max_side: int = Field(640, ge=32)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    poll_timeout_s: float = Field(0.1, gt=0.0)
+
+
+class IndexSettings(_Group):
+    """Rolling index and snapshots (mapped onto ``l2g_core.IndexConfig``).
+
+    Attributes:
+        bucket_seconds, retention_seconds, max_features_per_frame, index_kind: see ``IndexConfig``.
+        snapshot_dir: where snapshots go; without it nothing survives a restart and offsets are never
+            committed (a commit would claim frames that only live in memory).
+        retrieval: options of ``l2g_core.RetrievalConfig`` (e.g. ``{"shortlist": 300}``).
+    """
+
+    bucket_seconds: float = Field(60.0, gt=0.0)
+    retention_seconds: float | None = Field(3600.0, gt=0.0)
+    max_features_per_frame: int = Field(512, ge=1)
+    index_kind: Literal["auto", "flat", "ivfpq"] = "auto"
+    snapshot_dir: Path | None = None
+    retrieval: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExtractorSettings(_Group):
+    """Which feature extractor runs (``plugins.get_extractor(name, **options)``).
+
+    Attributes:
+        name: registry name (``xfeat``, ``rootsift``, ``efficientnet-gem``, ``toy``).
+        options: extractor options.
+    """
+
+    name: str = "xfeat"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class HttpSettings(_Group):
+    """The ``/metrics``, ``/healthz`` and ``/readyz`` endpoint.
+
+    Attributes:
+        enabled: serve it.
+        host, port: listen address (port 0 picks a free port).
+        liveness_timeout_s: ``/healthz`` fails when a loop has not made progress for this long.
+    """
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(9400, ge=0, le=65535)
+    liveness_timeout_s: float = Field(120.0, gt=0.0)
+
+
+class StorageSettings(_Group):
+    """Claim-check references (payloads too large for a message).
+
+    Attributes:
+        allowed_ref_roots: directories that ``file://`` references may point into; empty rejects every
+            reference (a worker must not read arbitrary files on request).
+        max_ref_bytes: largest referenced payload read.
+        blob_dir: where the publisher writes oversized segments (must be under an allowed root of the workers).
+    """
+
+    allowed_ref_roots: list[Path] = Field(default_factory=list)
+    max_ref_bytes: int = Field(256 * 2**20, ge=1)
+    blob_dir: Path | None = None
+
+
+class RuntimeSettings(_Group):
+    """Process-level settings.
+
+    Attributes:
+        worker_id: identity in results, dead letters and client ids (default: host name and pid).
+        torch_threads, faiss_threads: thread pools set at worker start (0 leaves the library default).
+        log_level: logging level of the entry point.
+        progress: print progress lines on long work (publishing, waiting for ingest).
+    """
+
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    torch_threads: int = Field(0, ge=0)
+    faiss_threads: int = Field(0, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    progress: bool = True
+
+
+def _read_settings_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read settings file {path}: {exc}") from exc
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise ConfigurationError(f"settings file {path} must end in .yaml, .yml, .json or .toml")
+    except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"settings file {path} is not valid {suffix[1:]}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"settings file {path} must hold a mapping at the top level")
+    return data
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Settings from the file given to :meth:`Settings.load` or named by ``L2G_CONFIG_FILE``."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = _config_file.get()
+        if path is None and os.environ.get(_CONFIG_FILE_ENV):
+            path = Path(os.environ[_CONFIG_FILE_ENV])
+        self._data = _read_settings_file(path) if path is not None else {}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Settings(BaseSettings):
+    """All settings of a worker, the demo and the CLI tools. See the module docstring for the sources."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    query: QuerySettings = Field(default_factory=QuerySettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    extractor: ExtractorSettings = Field(default_factory=ExtractorSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then the environment, then the settings file, then defaults."""
+        return init_settings, env_settings, _FileSource(settings_cls), file_secret_settings
+
+    @field_validator("ingest")
+    @classmethod
+    def _ingest_rates(cls, value: IngestSettings) -> IngestSettings:
+        if value.sample_fps and value.min_sample_fps > value.sample_fps:
+            raise ValueError("ingest.min_sample_fps must not exceed ingest.sample_fps")
+        if value.lag_low_messages >= value.lag_high_messages:
+            raise ValueError("ingest.lag_low_messages must be below ingest.lag_high_messages")
+        return value
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``overrides``, the environment, and ``config_file`` (or ``L2G_CONFIG_FILE``).
+
+        Args:
+            config_file: YAML, JSON or TOML file; ``None`` uses ``L2G_CONFIG_FILE`` when set.
+            **overrides: top-level groups, e.g. ``kafka={"bootstrap_servers": "host:9092"}``.
+
+        Returns:
+            Validated, frozen settings.
+
+        Raises:
+            ConfigurationError: the file is unreadable or a value is invalid.
+        """
+        from pydantic import ValidationError
+
+        token = _config_file.set(Path(config_file) if config_file is not None else None)
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigurationError(f"invalid settings:\n{exc}") from exc
+        finally:
+            _config_file.reset(token)
+
+    def with_overrides(self, **groups: dict[str, Any]) -> Settings:
+        """A copy with some fields of some groups replaced, validated again.
+
+        Example: ``settings.with_overrides(kafka={"bootstrap_servers": "h:9092"}, ingest={"sample_fps": 1})``.
+        """
+        data = self.model_dump()
+        for group, values in groups.items():
+            if group not in data:
+                raise ConfigurationError(f"unknown settings group {group!r}")
+            data[group] = {**data[group], **values}
+        return type(self).model_validate(data)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly view with secrets masked (for logs and ``l2g-stream worker --print-settings``)."""
+        return self.model_dump(mode="json")

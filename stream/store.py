@@ -1,0 +1,283 @@
+"""One rolling index per Kafka partition, snapshotted per partition, searched together.
+
+The index follows the partition: a worker holds one :class:`~l2g_core.RollingIndex` per assigned video partition.
+When a partition moves (rebalance, crash, scale-out) its new owner loads the partition's last snapshot from the
+shared snapshot directory and replays the topic from ``max(snapshot offset, committed offset)``; frames already
+in the snapshot are skipped by frame key. Each frame therefore lives on exactly one worker, and the answers of
+several workers to one query can simply be merged.
+
+Snapshot layout::
+
+    <snapshot_dir>/<extractor>-<hash of extractor options, dimensions and index settings>/<topic>-<partition>/
+
+Snapshots of another extractor or configuration live under another tag and are never loaded by mistake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from l2g_core import (
+    MODES,
+    Candidates,
+    FrameFeatures,
+    IndexConfig,
+    IndexStats,
+    RetrievalConfig,
+    Retriever,
+    RollingIndex,
+    SearchResult,
+    prepare_query,
+    rerank,
+)
+from stream.errors import ConfigurationError
+from stream.ports import Partition
+from stream.settings import IndexSettings
+
+__all__ = ["PartitionedIndex", "StoreStats", "index_tag"]
+
+LOG = logging.getLogger(__name__)
+
+
+def index_tag(extractor: str, options: dict[str, Any], config: IndexConfig) -> str:
+    """Directory name for snapshots of this extractor and index configuration."""
+    blob = json.dumps(
+        {"extractor": extractor, "options": options, "local_dim": config.local_dim, "global_dim": config.global_dim,
+         "max_features_per_frame": config.max_features_per_frame, "bucket_seconds": config.bucket_seconds},
+        sort_keys=True, default=str,
+    )
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in extractor)
+    return f"{safe}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Totals over every partition index (fields as in ``l2g_core.IndexStats``)."""
+
+    frames: int
+    features: int
+    shards: int
+    nbytes: int
+    oldest_timestamp: float | None
+    newest_timestamp: float | None
+    partitions: int
+
+
+class PartitionedIndex:
+    """Rolling indexes keyed by partition, with per-partition snapshots and one merged search.
+
+    Args:
+        config: index configuration (dimensions from the extractor).
+        retrieval: retrieval parameters.
+        snapshot_root: the tag directory (``<snapshot_dir>/<index_tag>``), or None to keep everything in memory.
+    """
+
+    def __init__(self, config: IndexConfig, retrieval: RetrievalConfig, snapshot_root: Path | None) -> None:
+        self.config = config
+        self.retrieval = retrieval
+        self.snapshot_root = snapshot_root
+        self._lock = threading.Lock()
+        self._indexes: dict[Partition, RollingIndex] = {}
+        self._dirty: set[Partition] = set()
+
+    @classmethod
+    def from_settings(cls, settings: IndexSettings, *, extractor: str, options: dict[str, Any], local_dim: int,
+                      global_dim: int) -> PartitionedIndex:
+        """Build from settings and the extractor's dimensions.
+
+        Raises:
+            ConfigurationError: invalid index or retrieval options.
+        """
+        from l2g_core import L2GError
+
+        try:
+            config = IndexConfig(local_dim=local_dim, global_dim=global_dim, bucket_seconds=settings.bucket_seconds,
+                                 retention_seconds=settings.retention_seconds,
+                                 max_features_per_frame=settings.max_features_per_frame,
+                                 index_kind=settings.index_kind)
+            retrieval = RetrievalConfig(**settings.retrieval)
+        except (L2GError, TypeError) as exc:
+            raise ConfigurationError(f"invalid index settings: {exc}") from exc
+        root = settings.snapshot_dir / index_tag(extractor, options, config) if settings.snapshot_dir else None
+        return cls(config, retrieval, root)
+
+    # ------------------------------------------------------------------ partitions
+    def _path(self, part: Partition) -> Path | None:
+        if self.snapshot_root is None:
+            return None
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in part.topic)
+        return self.snapshot_root / f"{safe}-{part.partition}"
+
+    def open(self, part: Partition) -> int | None:
+        """Make ``part``'s index available, loading its snapshot when one exists.
+
+        Returns:
+            The snapshot's next offset to read, or None without a snapshot.
+
+        Raises:
+            ConfigurationError: the snapshot exists but cannot be loaded.
+        """
+        with self._lock:
+            if part in self._indexes:
+                return None
+        path = self._path(part)
+        offset: int | None = None
+        if path is not None and path.exists():
+            t0 = time.perf_counter()
+            try:
+                index, meta = RollingIndex.load(path)
+            except Exception as exc:
+                raise ConfigurationError(f"cannot load the snapshot of {part} at {path}: {exc}") from exc
+            offset = int(meta["offset"]) if meta.get("offset") is not None else None
+            LOG.info("loaded snapshot of %s: %d frames, next offset %s (%.2f s)", part, len(index), offset,
+                     time.perf_counter() - t0)
+        else:
+            index = RollingIndex(self.config)
+        with self._lock:
+            self._indexes[part] = index
+        return offset
+
+    def close_partition(self, part: Partition) -> None:
+        """Forget ``part``'s index (after a final snapshot: it now belongs to another worker)."""
+        with self._lock:
+            self._indexes.pop(part, None)
+            self._dirty.discard(part)
+
+    def partitions(self) -> list[Partition]:
+        """Partitions with an open index."""
+        with self._lock:
+            return sorted(self._indexes)
+
+    def get(self, part: Partition) -> RollingIndex:
+        """The index of ``part`` (opened with :meth:`open`)."""
+        with self._lock:
+            return self._indexes[part]
+
+    def items(self) -> Iterator[tuple[Partition, RollingIndex]]:
+        """``(partition, index)`` pairs (a copy: safe against concurrent rebalances)."""
+        with self._lock:
+            pairs = sorted(self._indexes.items())
+        yield from pairs
+
+    # ------------------------------------------------------------------ writes
+    def add(self, part: Partition, keys: list[Any], features: list[FrameFeatures]) -> int:
+        """Add frames to ``part``'s index; returns how many were new."""
+        index = self.get(part)
+        added = index.add(keys, features)
+        if added:
+            with self._lock:
+                self._dirty.add(part)
+        return added
+
+    def mark_dirty(self, part: Partition) -> None:
+        """Force the next :meth:`snapshot` to write ``part`` (its offset moved without new frames)."""
+        with self._lock:
+            if part in self._indexes:
+                self._dirty.add(part)
+
+    def evict_expired(self) -> int:
+        """Apply retention to every partition index; returns frames dropped."""
+        dropped = 0
+        for part, index in self.items():
+            n = index.evict_expired()
+            if n:
+                dropped += n
+                with self._lock:
+                    self._dirty.add(part)
+        return dropped
+
+    def snapshot(self, offsets: dict[Partition, int], metadata: dict[str, Any],
+                 only: Collection[Partition] | None = None) -> list[Partition]:
+        """Write the snapshots of dirty partitions (or of ``only``), each with its next offset.
+
+        Args:
+            offsets: next offset to read per partition; a partition without one is skipped.
+            metadata: extra metadata stored with every snapshot.
+            only: restrict to these partitions (e.g. the ones being revoked).
+
+        Returns:
+            The partitions written.
+        """
+        if self.snapshot_root is None:
+            return []
+        with self._lock:
+            todo = [p for p in sorted(self._dirty) if (only is None or p in only) and p in offsets]
+            indexes = {p: self._indexes[p] for p in todo}
+        written = []
+        for part in todo:
+            path = self._path(part)
+            assert path is not None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            meta = {**metadata, "topic": part.topic, "partition": part.partition, "offset": offsets[part],
+                    "saved_at": time.time()}
+            indexes[part].save(path, metadata=meta)
+            with self._lock:
+                self._dirty.discard(part)
+            written.append(part)
+        return written
+
+    # ------------------------------------------------------------------ reads
+    def stats(self) -> StoreStats:
+        """Totals over all partitions."""
+        parts: list[IndexStats] = [index.stats() for _, index in self.items()]
+        olds = [s.oldest_timestamp for s in parts if s.oldest_timestamp is not None]
+        news = [s.newest_timestamp for s in parts if s.newest_timestamp is not None]
+        return StoreStats(
+            frames=sum(s.frames for s in parts), features=sum(s.features for s in parts),
+            shards=sum(s.shards for s in parts), nbytes=sum(s.nbytes for s in parts),
+            oldest_timestamp=min(olds) if olds else None, newest_timestamp=max(news) if news else None,
+            partitions=len(parts),
+        )
+
+    def __len__(self) -> int:
+        return sum(len(index) for _, index in self.items())
+
+    def search(self, query: FrameFeatures, *, mode: str = "l2g", k: int = 10,
+               cameras: Collection[str] | None = None, time_range: tuple[float, float] | None = None,
+               deadline: float | None = None) -> SearchResult:
+        """Search every partition index: stage 1 per partition, candidates merged, then stage 2 once.
+
+        Args:
+            query: query features (same extractor).
+            mode, k, cameras, time_range, deadline: as in ``l2g_core.Retriever.search`` (deadline is a
+                ``time.monotonic()`` value).
+
+        Returns:
+            The merged result; its coverage sums the partitions'.
+
+        Raises:
+            ConfigurationError: unknown mode or bad k.
+        """
+        if mode not in MODES:
+            raise ConfigurationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if not 1 <= k <= 10_000:
+            raise ConfigurationError(f"k must be in [1, 10000], got {k}")
+        t0 = time.perf_counter()
+        prepared = prepare_query(query, self.retrieval, self.config.local_dim, self.config.global_dim)
+        cfg = self.retrieval
+        if mode == "global":
+            limit = k
+        elif mode == "global_to_local":
+            limit = max(k, cfg.g2l_shortlist)
+        elif mode == "local":
+            limit = k
+        else:
+            limit = max(k, cfg.shortlist)
+        parts: list[Candidates] = []
+        for _, index in self.items():
+            parts.append(Retriever(index, cfg).candidates(prepared, mode, k=k, cameras=cameras,
+                                                          time_range=time_range, deadline=deadline))
+        merged = Candidates.merge(parts, limit, self.config.global_dim)
+        t1 = time.perf_counter()
+        hits, timings, coverage = rerank(prepared, merged, mode, k, cfg, deadline)
+        timings["stage1"] = (t1 - t0) * 1e3
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        return SearchResult(hits=hits, timings_ms=timings, coverage=coverage, mode=mode)

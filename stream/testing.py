@@ -1,0 +1,270 @@
+"""In-memory fakes of the runtime's seams, for tests and experiments without a broker or model weights.
+
+* :class:`MemoryBroker` holds topics as lists of records per partition and committed offsets per group.
+* :class:`MemorySource` / :class:`MemorySink` implement :class:`~stream.ports.MessageSource` and
+  :class:`~stream.ports.MessageSink` over it (one group member owns every partition).
+* :class:`GridExtractor` is a deterministic, weight-free feature extractor (grid patches as local features).
+
+Example::
+
+    broker = MemoryBroker(partitions=2)
+    sink = MemorySink(broker)
+    sink.send("l2g.video", encode_message(chunk, source="test").value, key=b"cam-1")
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections.abc import Collection, Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+from l2g_core import FrameFeatures
+from stream.errors import BrokerError
+from stream.ports import Partition, RebalanceCallback, Record
+
+__all__ = ["GridExtractor", "MemoryBroker", "MemorySink", "MemorySource"]
+
+
+class MemoryBroker:
+    """Topics, partitions and committed offsets in memory; thread-safe.
+
+    Args:
+        partitions: partitions of every topic created on first use.
+    """
+
+    def __init__(self, partitions: int = 3) -> None:
+        self.partitions = partitions
+        self._lock = threading.Condition()
+        self._topics: dict[str, list[list[Record]]] = {}
+        self._committed: dict[tuple[str, Partition], int] = {}
+
+    def _topic(self, topic: str) -> list[list[Record]]:
+        if topic not in self._topics:
+            self._topics[topic] = [[] for _ in range(self.partitions)]
+        return self._topics[topic]
+
+    def create_topic(self, topic: str) -> None:
+        """Create ``topic`` (no-op when it exists)."""
+        with self._lock:
+            self._topic(topic)
+
+    def append(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> Record:
+        """Store a message (partition = crc32(key) mod partitions, or round robin without a key)."""
+        with self._lock:
+            parts = self._topic(topic)
+            p = zlib.crc32(key) % len(parts) if key is not None else min(range(len(parts)), key=lambda i: len(parts[i]))
+            rec = Record(topic, p, len(parts[p]), key, value, list(headers), int(time.time() * 1000))
+            parts[p].append(rec)
+            self._lock.notify_all()
+            return rec
+
+    def records(self, topic: str) -> list[Record]:
+        """Every record of ``topic``, partition by partition."""
+        with self._lock:
+            return [r for part in self._topics.get(topic, []) for r in part]
+
+    def read(self, part: Partition, offset: int, limit: int) -> list[Record]:
+        """Up to ``limit`` records of ``part`` from ``offset``."""
+        with self._lock:
+            parts = self._topics.get(part.topic)
+            if parts is None or part.partition >= len(parts):
+                return []
+            return parts[part.partition][offset:offset + limit]
+
+    def end(self, part: Partition) -> int:
+        """The offset after the last record of ``part``."""
+        with self._lock:
+            parts = self._topics.get(part.topic)
+            return len(parts[part.partition]) if parts and part.partition < len(parts) else 0
+
+    def partitions_of(self, topic: str) -> list[Partition]:
+        """Partitions of ``topic`` (empty when it does not exist)."""
+        with self._lock:
+            return [Partition(topic, i) for i in range(len(self._topics.get(topic, [])))]
+
+    def commit(self, group: str, offsets: Mapping[Partition, int]) -> None:
+        """Store committed offsets of ``group``."""
+        with self._lock:
+            for part, offset in offsets.items():
+                self._committed[(group, part)] = offset
+
+    def committed(self, group: str, part: Partition) -> int | None:
+        """Committed offset of ``group`` on ``part``."""
+        with self._lock:
+            return self._committed.get((group, part))
+
+    def wait(self, timeout_s: float) -> None:
+        """Block until something is appended or ``timeout_s`` passes."""
+        with self._lock:
+            self._lock.wait(timeout_s)
+
+
+class MemorySource:
+    """A :class:`~stream.ports.MessageSource` over a :class:`MemoryBroker`; the only member of its group.
+
+    Args:
+        broker: the broker.
+        group_id: group whose offsets :meth:`commit` stores.
+        auto_offset_reset: start of a partition without a committed offset.
+    """
+
+    def __init__(self, broker: MemoryBroker, group_id: str | None = None, auto_offset_reset: str = "earliest") -> None:
+        self.broker = broker
+        self.group_id = group_id
+        self.auto_offset_reset = auto_offset_reset
+        self._topics: list[str] = []
+        self._positions: dict[Partition, int] = {}
+        self._callbacks: tuple[RebalanceCallback, RebalanceCallback] | None = None
+        self.closed = False
+
+    def subscribe(self, topics: Collection[str], *, on_assign: RebalanceCallback,
+                  on_revoke: RebalanceCallback) -> None:
+        """Own every partition of ``topics`` from the next poll on."""
+        self._topics = list(topics)
+        self._callbacks = (on_assign, on_revoke)
+        for t in self._topics:
+            self.broker.create_topic(t)
+
+    def _join(self) -> None:
+        if self._callbacks is None:
+            return
+        on_assign, _ = self._callbacks
+        self._callbacks = None
+        parts = [p for t in self._topics for p in self.broker.partitions_of(t)]
+        for p in parts:
+            committed = self.committed(p)
+            start = 0 if self.auto_offset_reset == "earliest" else self.broker.end(p)
+            self._positions[p] = committed if committed is not None else start
+        on_assign(parts)
+
+    def revoke_all(self, on_revoke: RebalanceCallback) -> None:
+        """Simulate losing every partition (calls ``on_revoke``)."""
+        parts = list(self._positions)
+        on_revoke(parts)
+        self._positions.clear()
+
+    def assign_all(self, topic: str, *, from_end: bool) -> list[Partition]:
+        """Read every partition of ``topic`` (created if missing)."""
+        self.broker.create_topic(topic)
+        parts = self.broker.partitions_of(topic)
+        for p in parts:
+            self._positions[p] = self.broker.end(p) if from_end else 0
+        return parts
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+        if self.closed:
+            raise BrokerError("source is closed")
+        self._join()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out: list[Record] = []
+            for p in sorted(self._positions):
+                if len(out) >= max_records:
+                    break
+                recs = self.broker.read(p, self._positions[p], max_records - len(out))
+                if recs:
+                    self._positions[p] = recs[-1].offset + 1
+                    out.extend(recs)
+            remaining = deadline - time.monotonic()
+            if out or remaining <= 0:
+                return out
+            self.broker.wait(min(remaining, 0.05))
+
+    def seek(self, partition: Partition, offset: int) -> None:
+        """Read ``partition`` from ``offset`` next."""
+        self._positions[partition] = offset
+
+    def committed(self, partition: Partition) -> int | None:
+        """The group's committed offset."""
+        return self.broker.committed(self.group_id, partition) if self.group_id else None
+
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """Store offsets for the group."""
+        if self.group_id:
+            self.broker.commit(self.group_id, {p: o for p, o in offsets.items() if p in self._positions})
+
+    def assignment(self) -> set[Partition]:
+        """Partitions owned."""
+        return set(self._positions)
+
+    def lag(self) -> dict[Partition, int]:
+        """End minus position per partition."""
+        return {p: max(0, self.broker.end(p) - pos) for p, pos in self._positions.items()}
+
+    def close(self) -> None:
+        """Stop reading."""
+        self.closed = True
+
+
+class MemorySink:
+    """A :class:`~stream.ports.MessageSink` that appends to a :class:`MemoryBroker`."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.broker = broker
+        self.flushes = 0
+
+    def send(self, topic: str, value: bytes, *, key: bytes | None = None,
+             headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Append at once."""
+        self.broker.append(topic, key, value, headers or [])
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Nothing is buffered; counts calls."""
+        self.flushes += 1
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class GridExtractor:
+    """Deterministic, weight-free extractor: normalised 8×8 grey patches on a 16-pixel grid.
+
+    Good enough to find a frame from itself or from a crop aligned to the grid; for tests of the plumbing only.
+
+    Args:
+        max_features: strongest patches (by contrast) kept per frame.
+    """
+
+    name = "grid"
+    local_dim = 64
+    global_dim = 64
+
+    def __init__(self, max_features: int = 256) -> None:
+        self.max_features = max_features
+        self.calls = 0
+
+    def setup(self) -> None:
+        """Nothing to load."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def extract(self, frames: npt.NDArray[np.uint8]) -> list[FrameFeatures]:
+        """Features of each ``(B, H, W, 3)`` uint8 RGB frame."""
+        self.calls += 1
+        out = []
+        for frame in np.asarray(frames):
+            grey = frame.astype(np.float32).mean(axis=2)
+            h, w = (grey.shape[0] // 16) * 16, (grey.shape[1] // 16) * 16
+            cells = grey[:h, :w].reshape(h // 16, 8, 2, w // 16, 8, 2).mean(axis=(2, 5))  # (gh, 8, gw, 8)
+            patches = cells.transpose(0, 2, 1, 3).reshape(-1, 64)
+            patches = patches - patches.mean(axis=1, keepdims=True)
+            contrast = np.linalg.norm(patches, axis=1)
+            order = np.argsort(-contrast, kind="stable")[: self.max_features]
+            order = order[contrast[order] > 1e-3]
+            gw = w // 16
+            kps = np.stack([(order % gw) * 16 + 8, (order // gw) * 16 + 8], axis=1).astype(np.float32)
+            thumb = grey[: (grey.shape[0] // 8) * 8, : (grey.shape[1] // 8) * 8]
+            thumb = thumb.reshape(8, thumb.shape[0] // 8, 8, thumb.shape[1] // 8).mean(axis=(1, 3)).reshape(64)
+            thumb = thumb - thumb.mean()
+            if not np.any(thumb):
+                thumb[0] = 1.0
+            desc = patches[order] if len(order) else np.zeros((0, 64), np.float32)
+            out.append(FrameFeatures.create(desc, kps.reshape(-1, 2), contrast[order], thumb,
+                                            (frame.shape[0], frame.shape[1])))
+        return out
