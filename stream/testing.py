@@ -3,7 +3,6 @@
 * :class:`MemoryBroker` holds topics as lists of records per partition and committed offsets per group.
 * :class:`MemorySource` / :class:`MemorySink` implement :class:`~stream.ports.MessageSource` and
   :class:`~stream.ports.MessageSink` over it (one group member owns every partition).
-* :class:`GridExtractor` is a deterministic, weight-free feature extractor (grid patches as local features).
 
 Example::
 
@@ -19,14 +18,10 @@ import time
 import zlib
 from collections.abc import Collection, Mapping
 
-import numpy as np
-import numpy.typing as npt
-
-from l2g_core import FrameFeatures
 from stream.errors import BrokerError
 from stream.ports import Partition, RebalanceCallback, Record
 
-__all__ = ["GridExtractor", "MemoryBroker", "MemorySink", "MemorySource"]
+__all__ = ["MemoryBroker", "MemorySink", "MemorySource"]
 
 
 class MemoryBroker:
@@ -219,52 +214,3 @@ class MemorySink:
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-class GridExtractor:
-    """Deterministic, weight-free extractor: normalised 8×8 grey patches on a 16-pixel grid.
-
-    Good enough to find a frame from itself or from a crop aligned to the grid; for tests of the plumbing only.
-
-    Args:
-        max_features: strongest patches (by contrast) kept per frame.
-    """
-
-    name = "grid"
-    local_dim = 64
-    global_dim = 64
-
-    def __init__(self, max_features: int = 256) -> None:
-        self.max_features = max_features
-        self.calls = 0
-
-    def setup(self) -> None:
-        """Nothing to load."""
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-    def extract(self, frames: npt.NDArray[np.uint8]) -> list[FrameFeatures]:
-        """Features of each ``(B, H, W, 3)`` uint8 RGB frame."""
-        self.calls += 1
-        out = []
-        for frame in np.asarray(frames):
-            grey = frame.astype(np.float32).mean(axis=2)
-            h, w = (grey.shape[0] // 16) * 16, (grey.shape[1] // 16) * 16
-            cells = grey[:h, :w].reshape(h // 16, 8, 2, w // 16, 8, 2).mean(axis=(2, 5))  # (gh, 8, gw, 8)
-            patches = cells.transpose(0, 2, 1, 3).reshape(-1, 64)
-            patches = patches - patches.mean(axis=1, keepdims=True)
-            contrast = np.linalg.norm(patches, axis=1)
-            order = np.argsort(-contrast, kind="stable")[: self.max_features]
-            order = order[contrast[order] > 1e-3]
-            gw = w // 16
-            kps = np.stack([(order % gw) * 16 + 8, (order // gw) * 16 + 8], axis=1).astype(np.float32)
-            thumb = grey[: (grey.shape[0] // 8) * 8, : (grey.shape[1] // 8) * 8]
-            thumb = thumb.reshape(8, thumb.shape[0] // 8, 8, thumb.shape[1] // 8).mean(axis=(1, 3)).reshape(64)
-            thumb = thumb - thumb.mean()
-            if not np.any(thumb):
-                thumb[0] = 1.0
-            desc = patches[order] if len(order) else np.zeros((0, 64), np.float32)
-            out.append(FrameFeatures.create(desc, kps.reshape(-1, 2), contrast[order], thumb,
-                                            (frame.shape[0], frame.shape[1])))
-        return out

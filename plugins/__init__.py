@@ -1,0 +1,28 @@
+"""plugins: feature extractors that turn decoded RGB frames into :class:`l2g_core.FrameFeatures`.
+
+``get_extractor(name, **options)`` builds one by registry name or preset; third parties register theirs through the
+``l2g_stream.extractors`` entry-point group.
+"""
+
+from plugins.base import Extractor, RGBBatch, resolve_device, validate_batch
+from plugins.errors import ExtractorInputError, PluginError, UnknownExtractorError, WeightsError
+from plugins.presets import PRESETS, Preset
+from plugins.registry import ENTRY_POINT_GROUP, available, extractor_class, get_extractor, register
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PRESETS",
+    "Extractor",
+    "ExtractorInputError",
+    "PluginError",
+    "Preset",
+    "RGBBatch",
+    "UnknownExtractorError",
+    "WeightsError",
+    "available",
+    "extractor_class",
+    "get_extractor",
+    "register",
+    "resolve_device",
+    "validate_batch",
+]

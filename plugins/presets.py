@@ -1,0 +1,33 @@
+"""Named presets: an extractor plus the settings that suit a use (``get_extractor("xfeat-fast")``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PRESETS", "Preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An extractor name and its options.
+
+    Attributes:
+        extractor: registry name.
+        options: constructor keyword arguments.
+        description: one line for ``l2g-stream extractors``.
+    """
+
+    extractor: str
+    options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "xfeat-fast": Preset("xfeat", {"max_keypoints": 256, "max_side": 480}, "XFeat, 256 keypoints, 480 px: CPU ingest"),
+    "xfeat-quality": Preset(
+        "xfeat", {"max_keypoints": 1024, "max_side": 960}, "XFeat, 1024 keypoints, 960 px: GPU, small objects"
+    ),
+    "rootsift-1k": Preset("rootsift", {"max_keypoints": 1000}, "OpenCV SIFT + RootSIFT, 1000 keypoints, CPU"),
+    "toy-test": Preset("toy", {"max_features": 128}, "deterministic grid patches, for tests"),
+}
