@@ -362,6 +362,11 @@ def encode_message(message: Message, *, source: str, max_bytes: int | None = Non
     return out
 
 
+def _clip(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters: error messages echo attacker-sized input into logs and dead letters."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
 def decode_message(value: bytes | None, headers: Headers | None, expected: type[M]) -> M:
     """Parse a message value of the ``expected`` schema.
 
@@ -384,20 +389,21 @@ def decode_message(value: bytes | None, headers: Headers | None, expected: type[
         raise SchemaError(f"empty {want} message", reason="empty_message")
     ce_type = header(headers, "ce_type")
     if ce_type is not None and ce_type != f"l2g.{want}":
-        raise SchemaError(f"expected a l2g.{want} message, got ce_type={ce_type!r}", reason="wrong_type")
+        raise SchemaError(f"expected a l2g.{want} message, got ce_type={_clip(repr(ce_type))}", reason="wrong_type")
     try:
         raw = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SchemaError(f"{want} message is not valid JSON: {exc}", reason="invalid_json") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError also covers integers over sys.get_int_max_str_digits(); RecursionError deep nesting
+        raise SchemaError(f"{want} message is not valid JSON: {_clip(str(exc))}", reason="invalid_json") from exc
     if not isinstance(raw, dict):
         raise SchemaError(f"{want} message must be a JSON object", reason="schema_violation")
     kind = raw.get("kind", want)
     if kind != want:
-        raise SchemaError(f"expected kind {want!r}, got {kind!r}", reason="wrong_type")
+        raise SchemaError(f"expected kind {want!r}, got {_clip(repr(kind))}", reason="wrong_type")
     try:
         return expected.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "message"
-        raise SchemaError(f"{want} message invalid at {where}: {first.get('msg')}",
+        where = _clip(".".join(str(p) for p in first.get("loc", ())) or "message")
+        raise SchemaError(f"{want} message invalid at {where}: {_clip(str(first.get('msg')))}",
                           reason="schema_violation") from exc
