@@ -13,6 +13,7 @@ import yaml
 from stream.settings import QuerySettings
 from tests.test_deploy.support import (
     ALERTS_FILE,
+    ALERTS_TEST_FILE,
     PROMETHEUS_CONFIG,
     TARGET_LABELS,
     exported_series_names,
@@ -105,12 +106,22 @@ def test_promql_parser(expr: str, metrics: set[str], labels: set[str]) -> None:
     assert promql_label_names(expr) == labels
 
 
+def test_every_alert_has_a_firing_unit_test(rules: list[dict[str, Any]]) -> None:
+    tests = yaml.safe_load(ALERTS_TEST_FILE.read_text(encoding="utf-8"))
+    assert tests["rule_files"] == [ALERTS_FILE.name]
+    firing = {case["alertname"] for test in tests["tests"] for case in test.get("alert_rule_test", [])
+              if case.get("exp_alerts")}
+    missing = {rule["alert"] for rule in rules} - firing
+    assert not missing, f"alerts without a firing case in {ALERTS_TEST_FILE.name}: {sorted(missing)}"
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
-@pytest.mark.parametrize("args", [("check", "config", str(PROMETHEUS_CONFIG)), ("check", "rules", str(ALERTS_FILE))],
-                         ids=["config", "rules"])
+@pytest.mark.parametrize("args", [("check", "config", str(PROMETHEUS_CONFIG)), ("check", "rules", str(ALERTS_FILE)),
+                                  ("test", "rules", str(ALERTS_TEST_FILE))],
+                         ids=["check-config", "check-rules", "test-rules"])
 def test_promtool(args: tuple[str, ...]) -> None:
     promtool = shutil.which("promtool")
     assert promtool is not None
-    proc = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout + proc.stderr

@@ -1,0 +1,90 @@
+"""``.ci/run``: strict bash, the README's `make test`, and promtool checks of every Prometheus file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.test_deploy.support import ROOT
+
+CI = ROOT / ".ci" / "run"
+
+
+def _commands() -> list[str]:
+    """Non-comment lines outside the install function, in order."""
+    lines, in_function = [], False
+    for raw in CI.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line.startswith("ensure_promtool() {"):
+            in_function = True
+        elif in_function and raw.startswith("}"):
+            in_function = False
+        elif line and not line.startswith("#") and not in_function:
+            lines.append(line)
+    return lines
+
+
+def test_strict_and_executable() -> None:
+    text = CI.read_text(encoding="utf-8")
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "set -euo pipefail" in _commands()
+    assert os.access(CI, os.X_OK)
+    bash = shutil.which("bash")
+    assert bash is not None
+    subprocess.run([bash, "-n", str(CI)], check=True, timeout=30)
+
+
+def test_runs_make_test_and_promtool() -> None:
+    commands = _commands()
+    assert "make test" in commands, "CI must run the README's test command"
+    expected = ["promtool check config deploy/prometheus/prometheus.yml",
+                "promtool check rules deploy/prometheus/alerts.yml",
+                "promtool test rules deploy/prometheus/alerts_test.yml"]
+    for command in expected:
+        assert command in commands
+        assert Path(ROOT / command.split()[-1]).is_file()
+    # promtool is installed before the tests run, so the promtool tests do not skip in CI.
+    assert commands.index("ensure_promtool") < commands.index("make test")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "make test" in readme
+
+
+def test_installs_promtool_without_recommends() -> None:
+    text = CI.read_text(encoding="utf-8")
+    assert "apt-get install -y -qq --no-install-recommends prometheus" in text
+    assert "sudo -n" in text
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_install_path_with_fake_apt(tmp_path: Path) -> None:
+    """Run ``ensure_promtool`` with promtool absent and a fake ``apt-get`` that 'installs' it."""
+    function = CI.read_text(encoding="utf-8").split("ensure_promtool() {", 1)[1].split("\n}\n", 1)[0]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "apt.log"
+    (bin_dir / "apt-get").write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {log}\n'
+        f'case "$*" in *install*) printf "#!/bin/sh\\necho promtool\\n" > {bin_dir}/promtool;'
+        f" chmod +x {bin_dir}/promtool;; esac\n")
+    (bin_dir / "apt-get").chmod(0o755)
+    (bin_dir / "id").write_text("#!/bin/sh\necho 0\n")  # act as root: no sudo
+    (bin_dir / "id").chmod(0o755)
+    for tool in ("env", "sh", "chmod"):
+        target = shutil.which(tool)
+        assert target is not None
+        (bin_dir / tool).symlink_to(target)
+    script = f"set -euo pipefail\nensure_promtool() {{{function}\n}}\nensure_promtool\n"
+    bash = shutil.which("bash")
+    assert bash is not None
+    proc = subprocess.run([bash, "-c", script], env={"PATH": str(bin_dir)}, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "update -qq"
+    assert calls[1] == "install -y -qq --no-install-recommends prometheus"
+    assert (bin_dir / "promtool").is_file()
