@@ -165,7 +165,9 @@ def decode_image(data: bytes, *, max_side: int = 640, max_pixels: int = 40_000_0
     if not (data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"))):
         raise ImageDecodeError("image is neither JPEG nor PNG", reason="unsupported_image")
     size = _image_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
+    if size is None:  # never hand OpenCV an image whose size was not checked: it would allocate up to 1 Gpixel
+        raise ImageDecodeError(f"image header unreadable or truncated ({len(data)} bytes)")
+    if size[0] * size[1] > max_pixels:
         raise ImageDecodeError(f"image of {size[0]}x{size[1]} pixels exceeds {max_pixels}", reason="image_too_large")
     buf = np.frombuffer(data, dtype=np.uint8)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
@@ -180,17 +182,39 @@ def decode_image(data: bytes, *, max_side: int = 640, max_pixels: int = 40_000_0
     return rgb
 
 
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
 def _image_size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` from a PNG IHDR or JPEG SOF header without decoding, when found."""
-    if data.startswith(b"\x89PNG") and len(data) >= 24:
+    """``(width, height)`` from a PNG IHDR or JPEG SOF header without decoding; None when not found.
+
+    The JPEG walk follows the marker syntax libjpeg accepts (fill bytes ``0xFF`` before a marker, standalone
+    markers without a length), so a frame header cannot be hidden from this check and still be decoded.
+    """
+    if data.startswith(b"\x89PNG"):
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            return None
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    i = 2
-    while i + 9 < len(data):
+    i, n = 2, len(data)
+    while i < n:
         if data[i] != 0xFF:
             return None
-        marker = data[i + 1]
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-        i += 2 + length
+        while i < n and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            return None
+        marker = data[i]
+        i += 1
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # TEM, SOI, RSTn: no length
+            continue
+        if marker in (0x00, 0xD9, 0xDA) or i + 2 > n:  # stuffed byte (libjpeg skips it), EOI, or scan before SOF
+            return None
+        length = int.from_bytes(data[i:i + 2], "big")
+        if length < 2:
+            return None
+        if marker in _JPEG_SOF:
+            if i + 7 > n:
+                return None
+            return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 3:i + 5], "big")
+        i += length
     return None
