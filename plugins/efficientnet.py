@@ -152,7 +152,7 @@ class EfficientNetGeMExtractor(Extractor):
                  dimension: int | None = None, weights: str | Path | None = None, fp16: bool = True,
                  device: str | None = "auto") -> None:
         super().__init__(device)
-        from plugins._torch import check_max_side
+        from plugins._image import check_max_side
 
         self.max_side = check_max_side(max_side)
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 1.0 <= float(p) <= 16.0:
@@ -207,7 +207,8 @@ class EfficientNetGeMExtractor(Extractor):
         import torch
 
         from plugins._effnet import normalize_rgb
-        from plugins._torch import fit_size, gem, maybe_autocast, resize, to_device
+        from plugins._image import fit_size
+        from plugins._torch import gem, maybe_autocast, resize, to_device
 
         with torch.inference_mode():
             x = to_device(frames, self.device)
