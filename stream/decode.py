@@ -112,6 +112,9 @@ def decode_chunk(
         if not source.streams.video:
             raise VideoDecodeError(f"{container} segment has no video stream", reason="no_video_stream")
         stream = source.streams.video[0]
+        if stream.codec_context is None:  # the demuxer found a stream but no decoder for its codec id
+            raise VideoDecodeError(f"no decoder for the video stream of this {container} segment",
+                                   reason="unsupported_codec")
         codec = stream.codec_context.name
         if codec not in SUPPORTED_CODECS:
             raise VideoDecodeError(f"unsupported video codec {codec!r}", reason="unsupported_codec")
@@ -137,7 +140,8 @@ def decode_chunk(
                 if decoded >= max_frames:
                     error = f"segment cut at {max_frames} frames"
                     break
-        except (av.FFmpegError, ValueError, OSError, MemoryError) as exc:
+        except (av.FFmpegError, ValueError, OSError, MemoryError, IndexError) as exc:
+            # IndexError: PyAV's demuxer (18.1) fails so when corrupt MPEG-TS announces a new stream mid-segment
             if decoded == 0:
                 raise VideoDecodeError(f"cannot decode {codec} segment: {exc}") from exc
             error = f"decoding stopped after {decoded} frames: {exc}"
