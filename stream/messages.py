@@ -4,7 +4,7 @@ Every message is a JSON document (the Kafka value) plus CloudEvents-style header
 binary mode)::
 
     ce_specversion  1.0
-    ce_type         l2g.video_chunk | l2g.query | l2g.query_result | l2g.dead_letter
+    ce_type         l2g.video_chunk | l2g.query | l2g.candidate_partial | l2g.query_result | l2g.dead_letter
     ce_id           unique id (uuid4 hex)
     ce_source       who produced it (worker id, "l2g-stream publish-video", ...)
     ce_time         RFC 3339 time of production
@@ -46,6 +46,8 @@ from stream.errors import MessageTooLargeError, SchemaError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CandidatePartial",
+    "CandidateSection",
     "Coverage",
     "DeadLetter",
     "Headers",
@@ -53,6 +55,7 @@ __all__ = [
     "Message",
     "OutboundMessage",
     "Query",
+    "QueryFeatures",
     "QueryResult",
     "VideoChunk",
     "decode_message",
@@ -202,10 +205,12 @@ class Coverage(_Schema):
     """What one worker searched for a query.
 
     Attributes:
-        frames_searched, frames_total: frames searched / frames matching the filters in this worker's index.
+        frames_searched, frames_total: frames searched / frames matching the filters in the index searched.
         shards_searched, shards_total: the same for index shards.
-        complete: False when the deadline cut the search short.
-        indexed_from, indexed_to: event-time span of this worker's index (None when empty).
+        partitions_searched, partitions_total: video partitions (index shards of the deployment) whose
+            candidates reached the answer / partitions of the video topic.
+        complete: False when the deadline cut the search short or a partition is missing.
+        indexed_from, indexed_to: event-time span of the index searched (None when empty).
         notes: what was cut short.
     """
 
@@ -213,24 +218,152 @@ class Coverage(_Schema):
     frames_total: int = 0
     shards_searched: int = 0
     shards_total: int = 0
+    partitions_searched: int = 0
+    partitions_total: int = 0
     complete: bool = True
     indexed_from: float | None = None
     indexed_to: float | None = None
     notes: list[str] = Field(default_factory=list)
 
 
+class CandidateSection(_Schema):
+    """Stage-1 candidates of one video partition (or a slice of them, when split over several messages).
+
+    Arrays travel as little-endian raw bytes (base64 in JSON), so a merge reproduces a single worker's floats
+    exactly.
+
+    Attributes:
+        partition: the video partition.
+        start: position of this slice's first candidate in the partition's list.
+        total: candidates of the partition over every slice.
+        cameras, timestamps, sequences: frame keys of the slice, best first.
+        scores: ``(n,)`` float32 stage-1 scores.
+        global_descriptors: ``(n, G)`` float32.
+        descriptor_counts: local descriptors sent per candidate (0 in modes that do not re-rank locally).
+        descriptors: ``(sum(counts), D)`` float16, each candidate's strongest first.
+        keypoints: ``(sum(counts), 2)`` float32, or empty when the mode does not use them.
+        coverage: what the search of the partition covered (repeated in every slice).
+    """
+
+    partition: int = Field(ge=0)
+    start: int = Field(0, ge=0)
+    total: int = Field(ge=0)
+    cameras: list[str] = Field(default_factory=list)
+    timestamps: list[float] = Field(default_factory=list)
+    sequences: list[int] = Field(default_factory=list)
+    scores: Base64Payload = b""
+    global_descriptors: Base64Payload = b""
+    descriptor_counts: list[int] = Field(default_factory=list)
+    descriptors: Base64Payload = b""
+    keypoints: Base64Payload = b""
+    coverage: Coverage = Field(default_factory=Coverage)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CandidateSection:
+        n = len(self.cameras)
+        if len(self.timestamps) != n or len(self.sequences) != n or len(self.descriptor_counts) != n:
+            raise ValueError("cameras, timestamps, sequences and descriptor_counts must have the same length")
+        if self.start + n > self.total:
+            raise ValueError("slice extends past the partition's total")
+        if len(self.scores) != 4 * n:
+            raise ValueError("scores must hold one float32 per candidate")
+        if any(c < 0 for c in self.descriptor_counts):
+            raise ValueError("descriptor_counts must be non-negative")
+        if self.keypoints and len(self.keypoints) != 8 * sum(self.descriptor_counts):
+            raise ValueError("keypoints must hold two float32 per descriptor (or be empty)")
+        return self
+
+
+class QueryFeatures(_Schema):
+    """The prepared query features stage 2 needs, so that any worker can merge (float32, exact).
+
+    Attributes:
+        count: local features sent (the strongest first).
+        descriptors: ``(count, D)`` float32 unit descriptors.
+        keypoints: ``(count, 2)`` float32.
+        global_descriptor: ``(G,)`` float32 unit descriptor.
+    """
+
+    count: int = Field(ge=0)
+    descriptors: Base64Payload = b""
+    keypoints: Base64Payload = b""
+    global_descriptor: Base64Payload
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QueryFeatures:
+        if len(self.keypoints) != 8 * self.count:
+            raise ValueError("keypoints must hold two float32 per feature")
+        if self.count and len(self.descriptors) % (4 * self.count):
+            raise ValueError("descriptors must hold count float32 rows")
+        if not self.global_descriptor or len(self.global_descriptor) % 4:
+            raise ValueError("global_descriptor must hold float32 values")
+        return self
+
+
+class CandidatePartial(_Schema):
+    """One worker's stage-1 answer to a query over the video partitions it owns (the scale-out unit).
+
+    Every worker reads every query, searches its own partitions, and publishes partials keyed by query id to the
+    candidates topic; one worker (the owner of that key in the merge group) merges them, runs stage 2 once and
+    publishes the :class:`QueryResult`. A partial with ``error`` set tells the merger that the query itself is bad
+    (every worker finds the same), so it answers with the error and dead-letters the query once.
+
+    Attributes:
+        kind: always ``candidate_partial``.
+        query_id: the query.
+        worker_id: who searched.
+        answer_id: identity of this worker's answer (its slices share it).
+        mode, k: the query's effective mode and k.
+        stage: ``local`` or ``global`` (what the scores are).
+        local_dim, global_dim: descriptor dimensions.
+        video_topic: the topic whose partitions are the index shards.
+        partitions: video partitions whose candidates (or a slice of them) this message carries.
+        sections: the candidates, per partition (slices of one partition may span messages).
+        deadline: Unix time by which the answer is due.
+        sent_at: the query's ``sent_at``.
+        received_at: Unix time this worker read the query.
+        latency_ms: this worker's ``queue``, ``decode_image``, ``extract`` and ``stage1`` times.
+        query_features: what stage 2 needs of the query (in the first message of each worker's answer).
+        error, error_reason: the query cannot be answered (and why, machine-readable).
+        dead_letter: the dead letter the merger publishes for a bad query.
+    """
+
+    kind: Literal["candidate_partial"] = "candidate_partial"
+    query_id: str = Field(min_length=1, max_length=256)
+    worker_id: str
+    answer_id: str
+    mode: str
+    k: int = Field(ge=1)
+    stage: str = "local"
+    local_dim: int = Field(0, ge=0)
+    global_dim: int = Field(0, ge=0)
+    video_topic: str = ""
+    partitions: list[int] = Field(default_factory=list)
+    sections: list[CandidateSection] = Field(default_factory=list)
+    deadline: float = Field(allow_inf_nan=False)
+    sent_at: float | None = None
+    received_at: float = Field(default_factory=time.time)
+    latency_ms: dict[str, float] = Field(default_factory=dict)
+    query_features: QueryFeatures | None = None
+    error: str | None = None
+    error_reason: str | None = None
+    dead_letter: DeadLetter | None = None
+
+
 class QueryResult(_Schema):
-    """One worker's answer to a query (a deployment with N workers answers N times; merge by score).
+    """The answer to a query, merged over every video partition by one worker.
 
     Attributes:
         kind: always ``query_result``.
         query_id: the query answered.
         worker_id: the answering worker.
-        status: ``complete``; ``partial`` (deadline hit, coverage says what was searched); ``error``.
+        status: ``complete``; ``partial`` (deadline hit or a partition missing: coverage says what was searched);
+            ``error``.
         mode: the retrieval mode used.
         matches: best first.
-        latency_ms: per stage: ``decode_image``, ``extract``, ``stage1``, ``stage2``, ``total``, and
-            ``queue`` (from ``sent_at`` to the start of processing, when known).
+        latency_ms: per stage: ``queue`` (``sent_at`` to the merger reading the query, when known),
+            ``decode_image``, ``extract``, ``stage1`` (slowest partial), ``merge_wait`` (reading the query to the
+            last partial needed), ``stage2``, ``total`` (reading the query to publishing the result).
         coverage: what was searched.
         error: why the query failed (status ``error``).
         answered_at: Unix time the result was produced.
@@ -281,11 +414,14 @@ class DeadLetter(_Schema):
     failed_at: float = Field(default_factory=time.time)
 
 
-Message = VideoChunk | Query | QueryResult | DeadLetter
-M = TypeVar("M", VideoChunk, Query, QueryResult, DeadLetter)
+CandidatePartial.model_rebuild()
+
+Message = VideoChunk | Query | CandidatePartial | QueryResult | DeadLetter
+M = TypeVar("M", VideoChunk, Query, CandidatePartial, QueryResult, DeadLetter)
 _BY_KIND: dict[str, type[_Schema]] = {
     "video_chunk": VideoChunk,
     "query": Query,
+    "candidate_partial": CandidatePartial,
     "query_result": QueryResult,
     "dead_letter": DeadLetter,
 }
@@ -322,7 +458,7 @@ def header(headers: Headers | None, name: str) -> str | None:
 def _key_of(message: _Schema) -> bytes | None:
     if isinstance(message, VideoChunk):
         return message.camera_id.encode()
-    if isinstance(message, (Query, QueryResult)):
+    if isinstance(message, (Query, QueryResult, CandidatePartial)):
         return message.query_id.encode()
     if isinstance(message, DeadLetter):
         return message.original_key

@@ -79,6 +79,10 @@ class MessageSource(Protocol):
         """Read every partition of ``topic`` outside any group; returns them (empty if the topic is missing)."""
         ...
 
+    def partitions_for(self, topic: str) -> list[Partition]:
+        """Every partition of ``topic`` (empty if the topic is missing); does not change the assignment."""
+        ...
+
     def poll(self, timeout_s: float, max_records: int) -> list[Record]:
         """Up to ``max_records`` records, waiting at most ``timeout_s``."""
         ...

@@ -117,6 +117,8 @@ class TopicSettings(_Group):
     Attributes:
         video: video chunks, keyed by camera id.
         queries: query messages (every worker reads every query).
+        candidates: stage-1 partials of every worker, keyed by query id; one worker of the merge group merges
+            each query (see :mod:`stream.query`).
         results: query results, keyed by query id.
         dead_letters: messages that could not be processed, with the reason.
         create: create missing topics at start (idempotent); disable where topics are managed elsewhere.
@@ -125,6 +127,7 @@ class TopicSettings(_Group):
 
     video: str = "l2g.video"
     queries: str = "l2g.queries"
+    candidates: str = "l2g.candidates"
     results: str = "l2g.results"
     dead_letters: str = "l2g.dead-letters"
     create: bool = True
@@ -184,6 +187,8 @@ class QuerySettings(_Group):
             frame scale: ``ingest.frame_max_side``).
         max_image_pixels: larger images are rejected (decompression-bomb guard).
         poll_timeout_s: how long one poll waits for queries.
+        merge_group_id: consumer group of the merge loops on the candidates topic (one merger per query).
+        max_pending: queries being merged at once; the oldest is answered with what it has beyond this.
     """
 
     enabled: bool = True
@@ -194,6 +199,8 @@ class QuerySettings(_Group):
     image_max_side: int = Field(640, ge=32)
     max_image_pixels: int = Field(40_000_000, ge=1)
     poll_timeout_s: float = Field(0.1, gt=0.0)
+    merge_group_id: str = "l2g-merge"
+    max_pending: int = Field(1_000, ge=1)
 
 
 class IndexSettings(_Group):

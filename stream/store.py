@@ -31,6 +31,7 @@ from l2g_core import (
     FrameFeatures,
     IndexConfig,
     IndexStats,
+    PreparedQuery,
     RetrievalConfig,
     Retriever,
     RollingIndex,
@@ -240,6 +241,48 @@ class PartitionedIndex:
     def __len__(self) -> int:
         return sum(len(index) for _, index in self.items())
 
+    @staticmethod
+    def check_query(mode: str, k: int) -> None:
+        """Validate a retrieval mode and k.
+
+        Raises:
+            ConfigurationError: unknown mode or k outside ``[1, 10000]``.
+        """
+        if mode not in MODES:
+            raise ConfigurationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if not 1 <= k <= 10_000:
+            raise ConfigurationError(f"k must be in [1, 10000], got {k}")
+
+    def prepare(self, query: FrameFeatures) -> PreparedQuery:
+        """Query features checked against the index dimensions, strongest first, unit norm."""
+        return prepare_query(query, self.retrieval, self.config.local_dim, self.config.global_dim)
+
+    def merge_limit(self, mode: str, k: int) -> int:
+        """Length of the merged stage-1 shortlist of ``mode`` (what ``l2g_core.Retriever`` keeps)."""
+        return self.merge_limit_for(mode, k, self.retrieval)
+
+    @staticmethod
+    def merge_limit_for(mode: str, k: int, cfg: RetrievalConfig) -> int:
+        """:meth:`merge_limit` for the retrieval parameters ``cfg``."""
+        if mode == "global_to_local":
+            return max(k, cfg.g2l_shortlist)
+        if mode == "l2g":
+            return max(k, cfg.shortlist)
+        return k
+
+    def partition_candidates(self, prepared: PreparedQuery, mode: str, *, k: int,
+                             cameras: Collection[str] | None = None,
+                             time_range: tuple[float, float] | None = None,
+                             deadline: float | None = None) -> list[tuple[Partition, Candidates]]:
+        """Stage 1 of ``mode`` over each open partition index separately (the unit that scales out).
+
+        ``Candidates.merge`` of the lists, then ``l2g_core.rerank``, is exactly :meth:`search`.
+        """
+        cfg = self.retrieval
+        return [(part, Retriever(index, cfg).candidates(prepared, mode, k=k, cameras=cameras, time_range=time_range,
+                                                        deadline=deadline))
+                for part, index in self.items()]
+
     def search(self, query: FrameFeatures, *, mode: str = "l2g", k: int = 10,
                cameras: Collection[str] | None = None, time_range: tuple[float, float] | None = None,
                deadline: float | None = None) -> SearchResult:
@@ -256,28 +299,14 @@ class PartitionedIndex:
         Raises:
             ConfigurationError: unknown mode or bad k.
         """
-        if mode not in MODES:
-            raise ConfigurationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if not 1 <= k <= 10_000:
-            raise ConfigurationError(f"k must be in [1, 10000], got {k}")
+        self.check_query(mode, k)
         t0 = time.perf_counter()
-        prepared = prepare_query(query, self.retrieval, self.config.local_dim, self.config.global_dim)
-        cfg = self.retrieval
-        if mode == "global":
-            limit = k
-        elif mode == "global_to_local":
-            limit = max(k, cfg.g2l_shortlist)
-        elif mode == "local":
-            limit = k
-        else:
-            limit = max(k, cfg.shortlist)
-        parts: list[Candidates] = []
-        for _, index in self.items():
-            parts.append(Retriever(index, cfg).candidates(prepared, mode, k=k, cameras=cameras,
-                                                          time_range=time_range, deadline=deadline))
-        merged = Candidates.merge(parts, limit, self.config.global_dim)
+        prepared = self.prepare(query)
+        parts = [c for _, c in self.partition_candidates(prepared, mode, k=k, cameras=cameras, time_range=time_range,
+                                                         deadline=deadline)]
+        merged = Candidates.merge(parts, self.merge_limit(mode, k), self.config.global_dim)
         t1 = time.perf_counter()
-        hits, timings, coverage = rerank(prepared, merged, mode, k, cfg, deadline)
+        hits, timings, coverage = rerank(prepared, merged, mode, k, self.retrieval, deadline)
         timings["stage1"] = (t1 - t0) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
         return SearchResult(hits=hits, timings_ms=timings, coverage=coverage, mode=mode)

@@ -2,7 +2,7 @@
 
 * :class:`MemoryBroker` holds topics as lists of records per partition and committed offsets per group.
 * :class:`MemorySource` / :class:`MemorySink` implement :class:`~stream.ports.MessageSource` and
-  :class:`~stream.ports.MessageSink` over it (one group member owns every partition).
+  :class:`~stream.ports.MessageSink` over it (group members split the partitions round robin).
 
 Example::
 
@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import zlib
@@ -36,6 +37,8 @@ class MemoryBroker:
         self._lock = threading.Condition()
         self._topics: dict[str, list[list[Record]]] = {}
         self._committed: dict[tuple[str, Partition], int] = {}
+        self._members: dict[str, dict[str, list[str]]] = {}  # group -> member -> topics
+        self._generations: dict[str, int] = {}
 
     def _topic(self, topic: str) -> list[list[Record]]:
         if topic not in self._topics:
@@ -92,6 +95,30 @@ class MemoryBroker:
         with self._lock:
             return self._committed.get((group, part))
 
+    def join(self, group: str, member: str, topics: Collection[str]) -> None:
+        """Add ``member`` to ``group`` (every member's next poll rebalances)."""
+        with self._lock:
+            self._members.setdefault(group, {})[member] = list(topics)
+            self._generations[group] = self._generations.get(group, 0) + 1
+
+    def leave(self, group: str, member: str) -> None:
+        """Remove ``member`` from ``group`` (the others rebalance at their next poll)."""
+        with self._lock:
+            if self._members.get(group, {}).pop(member, None) is not None:
+                self._generations[group] = self._generations.get(group, 0) + 1
+
+    def assignment(self, group: str, member: str) -> tuple[int, list[Partition]]:
+        """``(generation, partitions of member)``: the group's partitions dealt round robin over sorted members."""
+        with self._lock:
+            members = self._members.get(group, {})
+            if member not in members:
+                return self._generations.get(group, 0), []
+            topics = sorted({t for ts in members.values() for t in ts})
+            parts = [Partition(t, i) for t in topics for i in range(len(self._topic(t)))]
+            order = sorted(members)
+            mine = [p for i, p in enumerate(parts) if order[i % len(order)] == member and p.topic in members[member]]
+            return self._generations.get(group, 0), mine
+
     def wait(self, timeout_s: float) -> None:
         """Block until something is appended or ``timeout_s`` passes."""
         with self._lock:
@@ -99,37 +126,55 @@ class MemoryBroker:
 
 
 class MemorySource:
-    """A :class:`~stream.ports.MessageSource` over a :class:`MemoryBroker`; the only member of its group.
+    """A :class:`~stream.ports.MessageSource` over a :class:`MemoryBroker`.
+
+    Group members split the partitions of their subscription round robin (ordered by member id); a member joining or
+    leaving triggers an eager rebalance at every member's next :meth:`poll` (``on_revoke`` of everything, then
+    ``on_assign`` of the new share), like the classic Kafka protocol.
 
     Args:
         broker: the broker.
-        group_id: group whose offsets :meth:`commit` stores.
+        group_id: group whose offsets :meth:`commit` stores and whose partitions :meth:`subscribe` shares.
         auto_offset_reset: start of a partition without a committed offset.
+        member_id: identity in the group (a fresh one when None).
     """
 
-    def __init__(self, broker: MemoryBroker, group_id: str | None = None, auto_offset_reset: str = "earliest") -> None:
+    _ids = itertools.count()
+
+    def __init__(self, broker: MemoryBroker, group_id: str | None = None, auto_offset_reset: str = "earliest",
+                 member_id: str | None = None) -> None:
         self.broker = broker
         self.group_id = group_id
         self.auto_offset_reset = auto_offset_reset
+        self.member_id = member_id or f"member-{next(self._ids):04d}"
         self._topics: list[str] = []
         self._positions: dict[Partition, int] = {}
         self._callbacks: tuple[RebalanceCallback, RebalanceCallback] | None = None
+        self._generation = -1
         self.closed = False
 
     def subscribe(self, topics: Collection[str], *, on_assign: RebalanceCallback,
                   on_revoke: RebalanceCallback) -> None:
-        """Own every partition of ``topics`` from the next poll on."""
+        """Join the group for ``topics``; the assignment arrives with the next poll."""
         self._topics = list(topics)
         self._callbacks = (on_assign, on_revoke)
         for t in self._topics:
             self.broker.create_topic(t)
+        self.broker.join(self.group_id or f"_solo-{self.member_id}", self.member_id, self._topics)
 
-    def _join(self) -> None:
+    def _sync(self) -> None:
+        """Apply a pending rebalance (inside poll, like the Kafka client)."""
         if self._callbacks is None:
             return
-        on_assign, _ = self._callbacks
-        self._callbacks = None
-        parts = [p for t in self._topics for p in self.broker.partitions_of(t)]
+        group = self.group_id or f"_solo-{self.member_id}"
+        generation, parts = self.broker.assignment(group, self.member_id)
+        if generation == self._generation:
+            return
+        on_assign, on_revoke = self._callbacks
+        if self._generation >= 0:
+            on_revoke(sorted(self._positions))
+            self._positions.clear()
+        self._generation = generation
         for p in parts:
             committed = self.committed(p)
             start = 0 if self.auto_offset_reset == "earliest" else self.broker.end(p)
@@ -150,11 +195,15 @@ class MemorySource:
             self._positions[p] = self.broker.end(p) if from_end else 0
         return parts
 
+    def partitions_for(self, topic: str) -> list[Partition]:
+        """Partitions of ``topic`` (empty when it does not exist)."""
+        return self.broker.partitions_of(topic)
+
     def poll(self, timeout_s: float, max_records: int) -> list[Record]:
         """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
         if self.closed:
             raise BrokerError("source is closed")
-        self._join()
+        self._sync()
         deadline = time.monotonic() + timeout_s
         while True:
             out: list[Record] = []
@@ -174,6 +223,10 @@ class MemorySource:
         """Read ``partition`` from ``offset`` next."""
         self._positions[partition] = offset
 
+    def position(self, partition: Partition) -> int | None:
+        """The next offset to read of ``partition`` (None when not assigned)."""
+        return self._positions.get(partition)
+
     def committed(self, partition: Partition) -> int | None:
         """The group's committed offset."""
         return self.broker.committed(self.group_id, partition) if self.group_id else None
@@ -192,7 +245,9 @@ class MemorySource:
         return {p: max(0, self.broker.end(p) - pos) for p, pos in self._positions.items()}
 
     def close(self) -> None:
-        """Stop reading."""
+        """Leave the group and stop reading."""
+        if self._callbacks is not None:
+            self.broker.leave(self.group_id or f"_solo-{self.member_id}", self.member_id)
         self.closed = True
 
 

@@ -25,7 +25,7 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None) -> li
 
     Args:
         settings: connection settings and ``topics`` (partitions, replication factor).
-        topics: names to ensure; default: video, queries, results and dead letters.
+        topics: names to ensure; default: video, queries, candidates, results and dead letters.
 
     Returns:
         The topics created by this call.
@@ -34,7 +34,7 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None) -> li
         BrokerError: the broker cannot be reached or refuses the creation.
     """
     t = settings.topics
-    names = list(topics) if topics is not None else [t.video, t.queries, t.results, t.dead_letters]
+    names = list(topics) if topics is not None else [t.video, t.queries, t.candidates, t.results, t.dead_letters]
     try:
         admin = KafkaAdminClient(**common_config(settings.kafka, f"{settings.kafka.client_id}-admin"))
     except KafkaError as exc:

@@ -116,6 +116,14 @@ class KafkaSource:
         """Partitions currently assigned."""
         return {_part(tp) for tp in self._consumer.assignment()}
 
+    def partitions_for(self, topic: str) -> list[Partition]:
+        """Every partition of ``topic`` from the cluster metadata (empty when the topic is missing)."""
+        try:
+            ids = self._consumer.partitions_for_topic(topic)
+        except KafkaError as exc:
+            raise BrokerError(f"cannot list partitions of {topic}: {exc}") from exc
+        return [Partition(topic, i) for i in sorted(ids or ())]
+
     # ------------------------------------------------------------------ reading
     def poll(self, timeout_s: float, max_records: int) -> list[Record]:
         """Up to ``max_records`` records (in partition order), waiting at most ``timeout_s``.

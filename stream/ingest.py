@@ -1,0 +1,386 @@
+"""The ingest loop: video chunks from Kafka to the partition indexes, at least once, never stalling the group.
+
+One :class:`IngestLoop` is a member of the ingest consumer group on the video topic (chunks are keyed by camera, so
+a camera's chunks stay ordered on one partition). Per poll:
+
+1. **assign** (inside the poll): for each new partition, :meth:`PartitionedIndex.open` loads its snapshot and the
+   consumer seeks to the snapshot's offset (else the group's committed offset, else ``auto_offset_reset``). Frames of
+   a replayed chunk that the index already holds are skipped by frame key, so nothing is lost or indexed twice;
+2. **decode** each chunk with PyAV; frames are sampled by event time (:func:`~stream.sampling.keep_frame` at
+   ``ingest.sample_fps``), and only kept frames are converted to RGB;
+3. **shed load** without blocking: the :class:`~stream.sampling.LoadShedder` halves the rate while the consumer lag
+   is high, and within a poll, once the work done plus the predicted extractor time of the frames queued exceeds
+   ``poll_budget_fraction`` of ``max_poll_interval_ms``, the rest of that poll is sampled at ``min_sample_fps``;
+4. **extract** in batches of ``ingest.batch_size`` frames of equal size and append to the partition's index;
+5. **checkpoint** every ``commit_interval_s`` (and on revoke and close): snapshot the dirty partitions with their
+   next offsets, then commit exactly those offsets (commit only after the snapshot: at-least-once).
+
+Bad chunks (schema violation, oversized, bad reference, corrupt/truncated/unsupported video, extractor input
+errors) go to the dead-letter topic with a reason and are counted; the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from l2g_core import FrameFeatures, FrameKey
+from stream.deadletter import DeadLetterPublisher
+from stream.decode import decode_chunk
+from stream.errors import BadInputError, MessageTooLargeError, VideoDecodeError
+from stream.health import Health
+from stream.messages import VideoChunk, decode_message
+from stream.metrics import StreamMetrics
+from stream.ports import FeatureExtractor, MessageSource, Partition, Record
+from stream.refs import resolve_ref
+from stream.sampling import LoadShedder, keep_frame
+from stream.settings import Settings
+from stream.store import PartitionedIndex
+
+__all__ = ["IngestLoop", "IngestStats"]
+
+LOG = logging.getLogger(__name__)
+STAGE = "ingest"
+
+
+@dataclass
+class IngestStats:
+    """Totals since start (also exported as metrics; kept here for tests, the demo and the benchmark)."""
+
+    chunks: int = 0
+    dead_letters: int = 0
+    frames_decoded: int = 0
+    frames_sampled: int = 0
+    frames_indexed: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    checkpoints: int = 0
+    decode_seconds: float = 0.0
+    extract_seconds: float = 0.0
+
+
+@dataclass
+class _Frame:
+    part: Partition
+    key: FrameKey
+    image: np.ndarray
+    record: Record
+
+
+class IngestLoop:
+    """Consumes video chunks and keeps the partition indexes up to date (see the module docstring).
+
+    Args:
+        settings: all settings (``ingest``, ``kafka``, ``topics``, ``storage``).
+        source: a consumer that will join ``ingest.group_id`` (:meth:`start` subscribes it).
+        index: the partition indexes (shared with the query loop).
+        extractor: the ingest extractor (set up already).
+        extractor_name: label of ``l2g_extractor_batch_seconds``.
+        dead_letters: where bad chunks go.
+        metrics: counters and gauges.
+        health: readiness condition ``ingest_assigned`` and the ``ingest`` heartbeat (optional).
+        worker_id: stored in snapshot metadata.
+    """
+
+    def __init__(self, settings: Settings, source: MessageSource, index: PartitionedIndex,
+                 extractor: FeatureExtractor, *, extractor_name: str, dead_letters: DeadLetterPublisher,
+                 metrics: StreamMetrics, health: Health | None = None, worker_id: str = "") -> None:
+        self.settings = settings
+        self.cfg = settings.ingest
+        self.source = source
+        self.index = index
+        self.extractor = extractor
+        self.extractor_name = extractor_name
+        self.dlq = dead_letters
+        self.metrics = metrics
+        self.health = health
+        self.worker_id = worker_id
+        self.shedder = LoadShedder(self.cfg.sample_fps, self.cfg.min_sample_fps, self.cfg.lag_high_messages,
+                                   self.cfg.lag_low_messages, enabled=self.cfg.load_shed)
+        self.stats = IngestStats()
+        self._positions: dict[Partition, int] = {}
+        self._committed: dict[Partition, int] = {}
+        self._last_checkpoint = time.monotonic()
+        self._last_gauges = 0.0
+        self._seconds_per_frame = 0.0  # EWMA of extractor time per frame (predicts a poll's remaining work)
+        self._budget_s = self.cfg.poll_budget_fraction * settings.kafka.max_poll_interval_ms / 1000.0
+        self._started = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Join the ingest group on the video topic (the assignment arrives with the first poll)."""
+        if self.health is not None:
+            self.health.set_condition("ingest_assigned", False)
+        self.source.subscribe([self.settings.topics.video], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._started = True
+
+    def close(self) -> None:
+        """Checkpoint every partition (snapshot, then commit) and leave the group."""
+        try:
+            if self._started:
+                self.checkpoint()
+        finally:
+            self.source.close()
+            if self.health is not None:
+                self.health.forget("ingest")
+
+    @property
+    def positions(self) -> dict[Partition, int]:
+        """Next offset to read per assigned partition (everything before it is in the index)."""
+        return dict(self._positions)
+
+    @property
+    def committed(self) -> dict[Partition, int]:
+        """Offsets this loop committed last, per partition."""
+        return dict(self._committed)
+
+    # ------------------------------------------------------------------ rebalance callbacks
+    def _on_assign(self, parts: Any) -> None:
+        self.metrics.rebalances.inc()
+        for part in sorted(parts):
+            snapshot_offset = self.index.open(part)
+            committed = self.source.committed(part)
+            if snapshot_offset is not None:
+                start: int | None = snapshot_offset
+                if committed is not None and committed > snapshot_offset:
+                    LOG.warning("%s: committed offset %d is past the snapshot's %d; replaying from the snapshot",
+                                part, committed, snapshot_offset)
+            elif committed is not None:
+                start = committed
+                if self.index.snapshot_root is not None:
+                    LOG.warning("%s has a committed offset (%d) but no snapshot under %s (new extractor or lost "
+                                "snapshots): frames before it are not re-indexed", part, committed,
+                                self.index.snapshot_root)
+            else:
+                start = None
+            if start is not None:
+                self.source.seek(part, start)
+                self._positions[part] = start
+            if committed is not None:
+                self._committed[part] = committed
+            LOG.info("assigned %s: %d frames from the snapshot, reading from %s", part, len(self.index.get(part)),
+                     start if start is not None else f"the {self.settings.kafka.auto_offset_reset} offset")
+        if self.health is not None:
+            self.health.set_condition("ingest_assigned", True)
+        self._refresh_gauges(force=True)
+
+    def _on_revoke(self, parts: Any) -> None:
+        parts = sorted(parts)
+        if not parts:
+            return
+        try:
+            self.checkpoint(only=parts)
+        finally:
+            for part in parts:
+                self.index.close_partition(part)
+                self._positions.pop(part, None)
+                self._committed.pop(part, None)
+                self.metrics.consumer_lag.labels(part.topic, str(part.partition)).set(0)
+            LOG.info("revoked %s", ", ".join(map(str, parts)))
+            self._refresh_gauges(force=True)
+
+    # ------------------------------------------------------------------ the loop
+    def run_once(self) -> int:
+        """One poll: decode, sample, extract and index its chunks; checkpoint when due. Returns chunks read."""
+        records = self.source.poll(self.cfg.poll_timeout_s, self.cfg.max_poll_records)
+        poll_start = time.monotonic()
+        if self.health is not None:
+            self.health.beat("ingest")
+        if records:
+            self._process(records, poll_start)
+        lag = self.source.lag()
+        for part, value in lag.items():
+            self.metrics.consumer_lag.labels(part.topic, str(part.partition)).set(value)
+        self.shedder.update(sum(lag.values()))
+        if time.monotonic() - self._last_checkpoint >= self.cfg.commit_interval_s:
+            self.checkpoint()
+        self._refresh_gauges()
+        return len(records)
+
+    def _process(self, records: list[Record], poll_start: float) -> None:
+        pending: list[_Frame] = []
+        done: list[Record] = []
+
+        def remaining_work() -> float:
+            return (time.monotonic() - poll_start) + len(pending) * self._seconds_per_frame
+
+        for rec in records:
+            part = rec.tp
+            if part not in self.index.partitions():
+                continue  # revoked while polling: the new owner reads it
+            self.stats.chunks += 1
+            self.metrics.chunks_consumed.labels(rec.topic, str(rec.partition)).inc()
+            try:
+                frames = self._decode(rec, part, lambda: remaining_work() > self._budget_s)
+            except BadInputError as exc:
+                self._reject(rec, exc)
+                frames = []
+            for frame in frames:
+                if pending and (len(pending) >= self.cfg.batch_size or pending[0].image.shape != frame.image.shape):
+                    self._extract_and_index(pending)
+                    pending = []
+                pending.append(frame)
+            done.append(rec)
+        if pending:
+            self._extract_and_index(pending)
+        for rec in done:
+            part = rec.tp
+            if part in self._positions or part in self.index.partitions():
+                self._positions[part] = max(self._positions.get(part, 0), rec.offset + 1)
+                self.index.mark_dirty(part)
+
+    def _reject(self, rec: Record, exc: BaseException, reason: str | None = None) -> None:
+        self.stats.dead_letters += 1
+        self.dlq.reject(rec, stage=STAGE, error=exc, reason=reason)
+
+    def _payload(self, chunk: VideoChunk) -> bytes:
+        if chunk.data is not None:
+            return chunk.data
+        assert chunk.ref is not None
+        return resolve_ref(chunk.ref, self.settings.storage)
+
+    def _decode(self, rec: Record, part: Partition, over_budget: Any) -> list[_Frame]:
+        """Validate, decode and sample one chunk; returns the frames to extract."""
+        if rec.size > self.settings.kafka.max_message_bytes:
+            raise MessageTooLargeError(f"chunk message of {rec.size} bytes exceeds kafka.max_message_bytes="
+                                       f"{self.settings.kafka.max_message_bytes}")
+        chunk = decode_message(rec.value, rec.headers, VideoChunk)
+        data = self._payload(chunk)
+        camera = chunk.camera_id
+        index = self.index.get(part)
+        base_rate = self.cfg.sample_fps
+        skipped: Counter[str] = Counter()
+        shed_rate = self.shedder.rate(chunk.fps)
+        rates: list[float] = []
+
+        def select(i: int, offset: float) -> bool:
+            t = chunk.start_time + offset
+            if not keep_frame(t, chunk.fps, base_rate):
+                skipped["sampling"] += 1
+                return False
+            rate = self.shedder.rate(chunk.fps, over_budget=True) if over_budget() else shed_rate
+            rates.append(rate)
+            if rate != base_rate and not keep_frame(t, chunk.fps, rate):
+                skipped["load_shed"] += 1
+                return False
+            if index.contains(FrameKey(camera, t, chunk.first_frame + i)):
+                skipped["duplicate"] += 1
+                return False
+            return True
+
+        t0 = time.perf_counter()
+        try:
+            result = decode_chunk(data, container=chunk.container, select=select, max_side=self.cfg.frame_max_side,
+                                  threads=self.cfg.decode_threads, max_frames=self.cfg.max_frames_per_chunk)
+        finally:
+            dt = time.perf_counter() - t0
+            self.metrics.decode_chunk_seconds.observe(dt)
+            self.stats.decode_seconds += dt
+        self.stats.frames_decoded += result.decoded
+        self.stats.frames_sampled += len(result.frames)
+        self.stats.skipped.update(skipped)
+        self.metrics.frames_decoded.labels(camera).inc(result.decoded)
+        self.metrics.frames_sampled.labels(camera).inc(len(result.frames))
+        for reason, n in skipped.items():
+            self.metrics.frames_skipped.labels(camera, reason).inc(n)
+        effective = [chunk.fps if r <= 0 else min(r, chunk.fps) for r in (rates or [shed_rate])]
+        self.metrics.sampling_fps.labels(camera).set(min(effective))
+        truncated = result.error
+        if truncated is None and chunk.frame_count is not None and result.decoded < chunk.frame_count:
+            truncated = f"{result.decoded} of {chunk.frame_count} frames decodable"
+        if truncated is not None:  # index what came out, and report the rest
+            self._reject(rec, VideoDecodeError(f"{camera} chunk {chunk.sequence}: {truncated}"),
+                         reason="truncated_video")
+        return [_Frame(part, FrameKey(camera, chunk.start_time + f.offset, chunk.first_frame + f.index), f.image, rec)
+                for f in result.frames]
+
+    def _extract(self, frames: list[_Frame]) -> list[FrameFeatures]:
+        t0 = time.perf_counter()
+        feats = self.extractor.extract(np.stack([f.image for f in frames]))
+        dt = time.perf_counter() - t0
+        self.stats.extract_seconds += dt
+        self.metrics.extractor_batch_seconds.labels(self.extractor_name).observe(dt)
+        self.metrics.extractor_batch_frames.labels(self.extractor_name).observe(len(frames))
+        per_frame = dt / len(frames)
+        self._seconds_per_frame = per_frame if self._seconds_per_frame == 0 else \
+            0.8 * self._seconds_per_frame + 0.2 * per_frame
+        return feats
+
+    def _extract_and_index(self, frames: list[_Frame]) -> set[tuple[Partition, int]]:
+        """Extract a batch and add it; a batch the extractor rejects is retried frame by frame and the chunks of
+        the frames it still rejects are dead-lettered. Returns the failed ``(partition, offset)`` pairs."""
+        failed: set[tuple[Partition, int]] = set()
+        try:
+            pairs = list(zip(frames, self._extract(frames), strict=True))
+        except (ValueError, TypeError) as batch_exc:  # ExtractorInputError and shape errors are ValueErrors
+            LOG.warning("extractor rejected a batch of %d frames (%s); retrying one by one", len(frames), batch_exc)
+            pairs = []
+            for frame in frames:
+                try:
+                    pairs.append((frame, self._extract([frame])[0]))
+                except (ValueError, TypeError) as exc:
+                    key = (frame.part, frame.record.offset)
+                    if key not in failed:
+                        failed.add(key)
+                        self._reject(frame.record, exc, reason="extractor_input")
+        groups: dict[tuple[Partition, str], tuple[list[FrameKey], list[FrameFeatures]]] = {}
+        for frame, feat in pairs:
+            g = groups.setdefault((frame.part, frame.key.camera_id), ([], []))
+            g[0].append(frame.key)
+            g[1].append(feat)
+        for (part, camera), (keys, feats) in groups.items():
+            if part not in self.index.partitions():
+                continue
+            try:
+                added = self.index.add(part, keys, feats)
+            except ValueError as exc:  # a dimension mismatch: the extractor is misconfigured, not the data
+                raise RuntimeError(f"cannot add frames to the index of {part}: {exc}") from exc
+            self.stats.frames_indexed += added
+            self.metrics.frames_indexed.labels(camera).inc(added)
+            if added < len(keys):
+                self.stats.skipped["duplicate"] += len(keys) - added
+                self.metrics.frames_skipped.labels(camera, "duplicate").inc(len(keys) - added)
+        return failed
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, only: list[Partition] | None = None) -> list[Partition]:
+        """Snapshot dirty partitions with their next offsets, then commit exactly those offsets.
+
+        Without ``index.snapshot_dir`` nothing is written or committed (a commit would claim frames that live only in
+        memory). Returns the partitions committed.
+        """
+        self._last_checkpoint = time.monotonic()
+        evicted = self.index.evict_expired()
+        if evicted:
+            self.metrics.index_evicted.inc(evicted)
+        self._refresh_gauges(force=True)
+        if self.index.snapshot_root is None:
+            return []
+        offsets = {p: o for p, o in self._positions.items() if only is None or p in only}
+        if not offsets:
+            return []
+        t0 = time.perf_counter()
+        written = self.index.snapshot(offsets, {"extractor": self.extractor_name, "worker_id": self.worker_id},
+                                      only=list(offsets))
+        if not written:
+            return []
+        self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
+        commit = {p: offsets[p] for p in written}
+        self.source.commit(commit)
+        self._committed.update(commit)
+        self.metrics.commits.inc()
+        self.stats.checkpoints += 1
+        LOG.debug("checkpoint: %s", ", ".join(f"{p}@{o}" for p, o in sorted(commit.items())))
+        return written
+
+    def _refresh_gauges(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_gauges < 1.0:
+            return
+        self._last_gauges = now
+        s = self.index.stats()
+        self.metrics.observe_index(s.frames, s.features, s.nbytes, s.oldest_timestamp, s.newest_timestamp)
