@@ -1,4 +1,4 @@
-"""Size and coordinate helpers shared by the extractors (numpy only: ``rootsift`` never imports torch)."""
+"""Size and coordinate helpers shared by the extractors (numpy only)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -15,7 +16,12 @@ __all__ = ["gem", "maybe_autocast", "resize", "to_device"]
 
 def to_device(frames: RGBBatch, device: str) -> torch.Tensor:
     """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32 in [0, 255] on ``device`` (uploaded as uint8)."""
-    x = torch.from_numpy(frames)
+    if frames.flags.writeable:
+        x = torch.from_numpy(frames)
+    else:  # decoded or memory-mapped frames may be read-only; they are only read here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            x = torch.from_numpy(frames)
     if device != "cpu":
         x = x.pin_memory().to(device, non_blocking=True)
     return x.permute(0, 3, 1, 2).float()

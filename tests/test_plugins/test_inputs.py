@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,16 @@ def test_non_contiguous_batch_is_accepted(xfeat: Any, scene: np.ndarray) -> None
     assert not flipped.flags.c_contiguous
     (f,) = xfeat.extract(flipped)
     assert f.num_features > 0
+
+
+def test_read_only_batch_is_accepted(xfeat: Any, effnet: Any, rootsift: Any, scene: np.ndarray) -> None:
+    frozen = scene[None].copy()
+    frozen.flags.writeable = False
+    for extractor in (xfeat, effnet, rootsift):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            (f,) = extractor.extract(frozen)
+        assert np.isfinite(f.global_descriptor).all()
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (33, 47), (250, 41)])
