@@ -31,8 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import unquote, urlparse
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -84,6 +86,24 @@ Base64Payload = Annotated[
 ]
 
 
+def _check_ref(value: str) -> str:
+    """A claim-check reference must parse: no NUL byte (raw or percent-encoded), a well-formed URL host part.
+
+    ``stream.refs.resolve_ref`` would otherwise fail with a bare ValueError (``os.path.realpath``: embedded null
+    byte; ``urlparse``: invalid IPv6 URL) instead of dead-lettering the message.
+    """
+    if "\x00" in value or "\x00" in unquote(value):
+        raise ValueError("reference contains a NUL byte")
+    try:
+        urlparse(value)
+    except ValueError as exc:
+        raise ValueError(f"malformed reference: {exc}") from exc
+    return value
+
+
+Reference = Annotated[str, AfterValidator(_check_ref)]
+
+
 class _Schema(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
 
@@ -130,7 +150,7 @@ class VideoChunk(_Schema):
     codec: str | None = Field(None, max_length=32)
     frame_count: int | None = Field(None, ge=0)
     data: Base64Payload | None = None
-    ref: str | None = Field(None, max_length=4096)
+    ref: Reference | None = Field(None, max_length=4096)
 
     @model_validator(mode="after")
     def _payload(self) -> VideoChunk:
@@ -158,7 +178,7 @@ class Query(_Schema):
     kind: Literal["query"] = "query"
     query_id: str = Field(min_length=1, max_length=256)
     image: Base64Payload | None = None
-    image_ref: str | None = Field(None, max_length=4096)
+    image_ref: Reference | None = Field(None, max_length=4096)
     k: int = Field(10, ge=1, le=1_000)
     mode: Literal["global", "global_to_local", "local", "l2g"] | None = None
     cameras: list[str] | None = Field(None, max_length=10_000)

@@ -18,11 +18,12 @@ import threading
 import time
 import zlib
 from collections.abc import Collection, Mapping
+from typing import Any
 
 from stream.errors import BrokerError
 from stream.ports import Partition, RebalanceCallback, Record
 
-__all__ = ["MemoryBroker", "MemorySink", "MemorySource"]
+__all__ = ["MemoryBroker", "MemoryConnector", "MemorySink", "MemorySource"]
 
 
 class MemoryBroker:
@@ -269,3 +270,24 @@ class MemorySink:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+class MemoryConnector:
+    """A :class:`stream.worker.Connector` over a :class:`MemoryBroker` (several workers may share one broker)."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.broker = broker
+
+    def source(self, *, client_id: str, group_id: str | None, max_poll_records: int) -> MemorySource:
+        """A consumer whose group member id is ``client_id``."""
+        return MemorySource(self.broker, group_id, member_id=client_id)
+
+    def sink(self, *, client_id: str) -> MemorySink:
+        """A producer."""
+        return MemorySink(self.broker)
+
+    def ensure_topics(self, settings: Any) -> None:
+        """Create the configured topics."""
+        t = settings.topics
+        for name in (t.video, t.queries, t.candidates, t.results, t.dead_letters):
+            self.broker.create_topic(name)

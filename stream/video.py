@@ -150,7 +150,7 @@ def encode_segments(frames: Iterable[RGB], fps: float, *, segment_seconds: float
         if max_side is not None:
             w, h = fit_size(image.shape[1], image.shape[0], max_side)
             if (w, h) != (image.shape[1], image.shape[0]):
-                image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+                image = np.asarray(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA), dtype=np.uint8)
         if image.shape[0] % 2 or image.shape[1] % 2:  # yuv420p needs even sizes
             image = np.ascontiguousarray(image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2])
         batch.append(image)
@@ -170,7 +170,7 @@ def _remux(path: Path, segment_seconds: float) -> Iterator[Segment]:
         codec = vs.codec_context.name
         fps = float(vs.average_rate or vs.guessed_rate or 25)
         bsf = BitStreamFilterContext("h264_mp4toannexb" if codec == "h264" else "hevc_mp4toannexb", vs)
-        tb = float(vs.time_base)
+        tb = float(vs.time_base or Fraction(1, 90_000))
         state: dict[str, object] = {}
         count = 0
         first = 0
@@ -194,7 +194,7 @@ def _remux(path: Path, segment_seconds: float) -> Iterator[Segment]:
             if packet.dts is None:
                 continue
             for p in bsf.filter(packet):
-                t = float(p.pts if p.pts is not None else p.dts) * tb
+                t = float(p.pts if p.pts is not None else (p.dts or 0)) * tb
                 if t0 is None:
                     t0 = t
                 if seg_start is None:
@@ -224,7 +224,7 @@ def _decoded_frames(path: Path) -> tuple[float, Iterator[RGB]]:
     def gen() -> Iterator[RGB]:
         with src:
             for frame in src.decode(vs):
-                yield frame.to_ndarray(format="rgb24")
+                yield np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
 
     return fps, gen()
 

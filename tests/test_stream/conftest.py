@@ -27,7 +27,7 @@ def make_settings(tmp: Path | None, **groups: dict[str, Any]) -> Settings:
                    "max_poll_records": 4},
         "query": {"poll_timeout_s": 0.01, "default_timeout_s": 10.0, "k": 5},
         "index": {"snapshot_dir": str(tmp / "snapshots") if tmp is not None else None,
-                  "retention_seconds": None, "retrieval": {"shortlist": 50, "rerank_k": 20}},
+                  "retention_seconds": None, "retrieval": {"shortlist": 50, "rerank_k": 20, "g2l_shortlist": 20}},
         "http": {"enabled": False},
         "topics": {"partitions": 3},
         "runtime": {"worker_id": "test-worker", "progress": False},
