@@ -34,7 +34,7 @@ def warp_similarity(img: np.ndarray, angle: float = 8.0, scale: float = 0.95,
     mapping pixels of ``img`` to pixels of the result."""
     h, w = img.shape[:2]
     a = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
-    a[:, 2] += shift
+    a[:, 2] += np.asarray(shift)
     out = cv2.warpAffine(img, a, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     return np.ascontiguousarray(out), np.vstack([a, [0.0, 0.0, 1.0]])
 
@@ -52,7 +52,8 @@ def mutual_nn(a: FrameFeatures, b: FrameFeatures, min_sim: float = 0.0) -> tuple
 def project(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """Apply a 3x3 homography to ``(N, 2)`` points."""
     p = np.hstack([xy, np.ones((len(xy), 1))]) @ h.T
-    return p[:, :2] / p[:, 2:3]
+    out: np.ndarray = p[:, :2] / p[:, 2:3]
+    return out
 
 
 def consistent_share(a: FrameFeatures, b: FrameFeatures, h: np.ndarray, tol: float = 5.0) -> tuple[float, int]:

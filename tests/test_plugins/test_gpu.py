@@ -53,4 +53,4 @@ def test_large_batch_and_close_releases() -> None:
     out = extractor.extract(np.repeat(_frames(), 4, axis=0))
     assert len(out) == 32 and all(f.num_features > 0 for f in out)
     extractor.close()
-    assert extractor._net is None
+    assert not extractor._ready

