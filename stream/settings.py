@@ -108,6 +108,11 @@ class KafkaSettings(_Group):
             raise ValueError("max_request_size must exceed max_message_bytes by at least 4096 bytes of framing")
         if self.security_protocol.startswith("SASL") and not (self.sasl_mechanism and self.sasl_username):
             raise ValueError("SASL protocols need sasl_mechanism and sasl_username")
+        if self.security_protocol.startswith("SASL") and not (
+                self.sasl_password is not None and self.sasl_password.get_secret_value()):
+            # kafka-python accepts a missing password and fails later inside the handshake (PLAIN: TypeError;
+            # SCRAM: its own check forgets to raise), which surfaces only as "Unable to bootstrap"
+            raise ValueError("SASL protocols need sasl_password (PLAIN and SCRAM authenticate with it)")
         return self
 
 
