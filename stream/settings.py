@@ -388,7 +388,11 @@ class Settings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            raise ConfigurationError(f"invalid settings:\n{exc}") from exc
+            # never echo input values (pydantic's message shows a prefix of each, e.g. of sasl_password), and
+            # do not chain the ValidationError: a printed traceback would show them anyway
+            lines = [f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                     for e in exc.errors(include_input=False, include_url=False)]
+            raise ConfigurationError("invalid settings:\n" + "\n".join(lines)) from None
         finally:
             _config_file.reset(token)
 
