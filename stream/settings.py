@@ -326,6 +326,22 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
+_FREE_FORM = (("kafka", "consumer_extra"), ("kafka", "producer_extra"), ("extractor", "options"),
+              ("index", "retrieval"))
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "api_key", "apikey", "private_key")
+_MASK = "**********"
+
+
+def _mask_secrets(value: Any) -> Any:
+    """``value`` with every mapping entry whose key names a secret replaced by a mask (recursively)."""
+    if isinstance(value, dict):
+        return {k: _MASK if any(w in str(k).lower() for w in _SECRET_WORDS) and v is not None else _mask_secrets(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_secrets(v) for v in value]
+    return value
+
+
 class Settings(BaseSettings):
     """All settings of a worker, the demo and the CLI tools. See the module docstring for the sources."""
 
@@ -409,5 +425,12 @@ class Settings(BaseSettings):
         return type(self).model_validate(data)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly view with secrets masked (for logs and ``l2g-stream worker --print-settings``)."""
-        return self.model_dump(mode="json")
+        """JSON-friendly view with secrets masked (for logs and ``l2g-stream worker --print-settings``).
+
+        Besides the :class:`~pydantic.SecretStr` fields, values of the free-form option maps (``consumer_extra``,
+        ``producer_extra``, ``extractor.options``, ``index.retrieval``) whose key names a secret are masked.
+        """
+        data = self.model_dump(mode="json")
+        for group, name in _FREE_FORM:
+            data[group][name] = _mask_secrets(data[group][name])
+        return data
