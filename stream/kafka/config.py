@@ -6,7 +6,20 @@ from typing import Any
 
 from stream.settings import KafkaSettings
 
-__all__ = ["common_config", "merge_extra"]
+__all__ = ["MaskedSecret", "common_config", "merge_extra"]
+
+
+class MaskedSecret(str):
+    """A secret handed to kafka-python: the real string, but masked in ``repr``.
+
+    kafka-python uses the value as a plain string (``encode``, ``join``, ``ssl.load_cert_chain``) but
+    ``KafkaAdminClient`` logs its whole configuration dict at DEBUG, which formats values with ``repr``.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'**********'"
 
 
 def common_config(kafka: KafkaSettings, client_id: str) -> dict[str, Any]:
@@ -28,7 +41,8 @@ def common_config(kafka: KafkaSettings, client_id: str) -> dict[str, Any]:
     if kafka.security_protocol.startswith("SASL"):
         conf["sasl_mechanism"] = kafka.sasl_mechanism
         conf["sasl_plain_username"] = kafka.sasl_username
-        conf["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        password = kafka.sasl_password
+        conf["sasl_plain_password"] = MaskedSecret(password.get_secret_value()) if password is not None else None
     if kafka.security_protocol.endswith("SSL"):
         conf["ssl_check_hostname"] = kafka.ssl_check_hostname
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
@@ -36,7 +50,7 @@ def common_config(kafka: KafkaSettings, client_id: str) -> dict[str, Any]:
             if value is not None:
                 conf[name] = str(value)
         if kafka.ssl_password is not None:
-            conf["ssl_password"] = kafka.ssl_password.get_secret_value()
+            conf["ssl_password"] = MaskedSecret(kafka.ssl_password.get_secret_value())
     return conf
 
 
