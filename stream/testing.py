@@ -278,7 +278,8 @@ class MemoryConnector:
     def __init__(self, broker: MemoryBroker) -> None:
         self.broker = broker
 
-    def source(self, *, client_id: str, group_id: str | None, max_poll_records: int) -> MemorySource:
+    def source(self, *, client_id: str, group_id: str | None, max_poll_records: int,
+               low_latency: bool = False) -> MemorySource:
         """A consumer whose group member id is ``client_id``."""
         return MemorySource(self.broker, group_id, member_id=client_id)
 

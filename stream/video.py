@@ -71,28 +71,38 @@ class SyntheticCamera:
         seed: world and camera seed (cameras with different seeds see different worlds).
         width, height: frame size.
         pan_px: horizontal shift per frame (a multiple of 16 keeps crops aligned to the ``toy`` grid).
+        world_frames: frames before the pan turns back (the world is ``width + pan_px * world_frames`` wide).
     """
 
-    def __init__(self, seed: int, width: int = 640, height: int = 360, pan_px: int = 16) -> None:
+    def __init__(self, seed: int, width: int = 640, height: int = 360, pan_px: int = 16,
+                 world_frames: int = 400) -> None:
         self.width, self.height, self.pan_px = width, height, pan_px
         rng = np.random.default_rng(seed)
-        world_w = width * 6
-        base = rng.integers(40, 215, size=3)
-        world = np.empty((height, world_w, 3), np.uint8)
-        world[:] = base.astype(np.uint8)
-        for _ in range(world_w // 12):
+        world_w = width + pan_px * world_frames
+        # smooth multi-scale background, so that no two places look alike
+        world = np.zeros((height, world_w, 3), np.float32)
+        for cells, amp in ((4, 60.0), (16, 35.0), (64, 20.0)):
+            small = rng.uniform(-amp, amp, size=(cells + 1, cells * world_w // height + 1, 3))
+            world += cv2.resize(small.astype(np.float32), (world_w, height), interpolation=cv2.INTER_CUBIC)
+        world = np.clip(world + rng.uniform(60, 190, size=3), 0, 255).astype(np.uint8)
+        letters = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
+        for _ in range(world_w * height // 2500):
             color = tuple(int(c) for c in rng.integers(0, 256, size=3))
             x, y = int(rng.integers(0, world_w)), int(rng.integers(0, height))
-            kind = rng.integers(0, 3)
+            kind = rng.integers(0, 4)
             if kind == 0:
-                w, h = (int(v) for v in rng.integers(12, 90, size=2))
+                w, h = (int(v) for v in rng.integers(8, 70, size=2))
                 cv2.rectangle(world, (x, y), (x + w, y + h), color, -1)
             elif kind == 1:
-                cv2.circle(world, (x, y), int(rng.integers(6, 45)), color, -1)
+                cv2.circle(world, (x, y), int(rng.integers(4, 35)), color, int(rng.choice([-1, 2, 3])))
+            elif kind == 2:
+                pts = rng.integers(-50, 50, size=(int(rng.integers(3, 6)), 2)) + np.array([x, y])
+                cv2.polylines(world, [pts.astype(np.int32)], bool(rng.integers(0, 2)), color, int(rng.integers(1, 5)))
             else:
-                pts = rng.integers(-60, 60, size=(4, 2)) + np.array([x, y])
-                cv2.polylines(world, [pts.astype(np.int32)], False, color, int(rng.integers(2, 6)))
-        noise = rng.normal(0, 6, size=world.shape)
+                text = "".join(rng.choice(list(letters), size=int(rng.integers(2, 7))))
+                cv2.putText(world, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, float(rng.uniform(0.4, 1.4)), color,
+                            int(rng.integers(1, 3)), cv2.LINE_AA)
+        noise = rng.normal(0, 4, size=world.shape)
         self.world = np.clip(world.astype(np.float32) + noise, 0, 255).astype(np.uint8)
 
     def frame(self, i: int) -> RGB:

@@ -46,8 +46,9 @@ LOG = logging.getLogger(__name__)
 class Connector(Protocol):
     """Creates the clients of a worker (Kafka in production, :class:`stream.testing.MemoryConnector` in tests)."""
 
-    def source(self, *, client_id: str, group_id: str | None, max_poll_records: int) -> MessageSource:
-        """A consumer (a group member when ``group_id`` is set)."""
+    def source(self, *, client_id: str, group_id: str | None, max_poll_records: int,
+               low_latency: bool = False) -> MessageSource:
+        """A consumer (a group member when ``group_id`` is set; ``low_latency`` for the query path)."""
         ...
 
     def sink(self, *, client_id: str) -> MessageSink:
@@ -65,11 +66,12 @@ class KafkaConnector:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def source(self, *, client_id: str, group_id: str | None, max_poll_records: int) -> MessageSource:
+    def source(self, *, client_id: str, group_id: str | None, max_poll_records: int,
+               low_latency: bool = False) -> MessageSource:
         from stream.kafka import KafkaSource
 
         return KafkaSource(self.settings.kafka, client_id=client_id, group_id=group_id,
-                           max_poll_records=max_poll_records)
+                           max_poll_records=max_poll_records, fetch_max_wait_ms=20 if low_latency else 500)
 
     def sink(self, *, client_id: str) -> MessageSink:
         from stream.kafka import KafkaSink
@@ -204,7 +206,8 @@ class Worker:
             self.ingest.start()
         if s.query.enabled:
             self.query = QueryLoop(
-                s, self.connector.source(client_id=f"{cid}-query", group_id=None, max_poll_records=16),
+                s, self.connector.source(client_id=f"{cid}-query", group_id=None, max_poll_records=16,
+                                      low_latency=True),
                 self.sink, self.index, query_extractor, metrics=self.metrics, health=self.health,
                 worker_id=self.worker_id)
             self.query.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -31,15 +32,31 @@ def _part(tp: TopicPartition) -> Partition:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, on_assign: RebalanceCallback, on_revoke: RebalanceCallback) -> None:
+    """kafka-python 3 runs listeners on the consumer's IO thread, where blocking consumer calls (``committed``,
+    ``commit``) raise. Revocations run there at once (all members revoke before any is assigned: the state must be
+    saved now); the caller's callback may only use :meth:`KafkaSource.commit`, which turns asynchronous there.
+    Assignments are recorded and handed to the caller's callback in the polling thread (see :meth:`KafkaSource.poll`).
+    """
+
+    def __init__(self, source: KafkaSource, on_assign: RebalanceCallback, on_revoke: RebalanceCallback) -> None:
+        self.source = source
         self.on_assign = on_assign
         self.on_revoke = on_revoke
 
     def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
-        self.on_revoke([_part(tp) for tp in revoked])
+        parts = [_part(tp) for tp in revoked]
+        self.source._in_listener.active = True
+        try:
+            self.on_revoke(parts)
+        finally:
+            self.source._in_listener.active = False
+            for p in parts:
+                self.source._positions.pop(p, None)
+                self.source._pending_assign.discard(p)
 
     def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
-        self.on_assign([_part(tp) for tp in assigned])
+        self.source._pending_assign.update(_part(tp) for tp in assigned)
+        self.source._assign_generation += 1
 
 
 class KafkaSource:
@@ -51,13 +68,15 @@ class KafkaSource:
         group_id: consumer group for :meth:`subscribe`; None for :meth:`assign_all` only.
         max_poll_records: default cap of records per poll.
         max_partition_fetch_bytes: per-partition fetch size (at least one message is always returned).
+        fetch_max_wait_ms: how long the broker may hold a fetch without data (lower for latency-bound loops).
 
     Raises:
         BrokerError: the bootstrap servers cannot be reached.
     """
 
     def __init__(self, kafka: KafkaSettings, *, client_id: str, group_id: str | None = None,
-                 max_poll_records: int = 100, max_partition_fetch_bytes: int | None = None) -> None:
+                 max_poll_records: int = 100, max_partition_fetch_bytes: int | None = None,
+                 fetch_max_wait_ms: int = 500) -> None:
         conf: dict[str, Any] = {
             **common_config(kafka, client_id),
             "group_id": group_id,
@@ -66,6 +85,7 @@ class KafkaSource:
             "max_poll_records": max_poll_records,
             "max_partition_fetch_bytes": max_partition_fetch_bytes or max(kafka.max_request_size, 1_048_576),
             "allow_auto_create_topics": False,
+            "fetch_max_wait_ms": fetch_max_wait_ms,
         }
         if group_id is not None:
             conf.update(session_timeout_ms=kafka.session_timeout_ms, heartbeat_interval_ms=kafka.heartbeat_interval_ms,
@@ -78,21 +98,20 @@ class KafkaSource:
         self._positions: dict[Partition, int] = {}
         self._end_checked = 0.0
         self._ends: dict[Partition, int] = {}
+        self._on_assign: RebalanceCallback | None = None
+        self._pending_assign: set[Partition] = set()
+        self._assign_generation = 0
+        self._sought: set[Partition] = set()
+        self._in_listener = threading.local()
 
     # ------------------------------------------------------------------ membership
     def subscribe(self, topics: Collection[str], *, on_assign: RebalanceCallback,
                   on_revoke: RebalanceCallback) -> None:
-        """Join the group for ``topics``; the callbacks run inside :meth:`poll`."""
-
-        def assigned(parts: Collection[Partition]) -> None:
-            on_assign(parts)
-
-        def revoked(parts: Collection[Partition]) -> None:
-            on_revoke(parts)
-            for p in parts:
-                self._positions.pop(p, None)
-
-        self._consumer.subscribe(list(topics), listener=_Listener(assigned, revoked))
+        """Join the group for ``topics``; the callbacks run inside :meth:`poll` (``on_revoke`` on the client's IO
+        thread, where :meth:`commit` does not wait; ``on_assign`` in the polling thread, before any record of the new
+        partitions is returned)."""
+        self._on_assign = on_assign
+        self._consumer.subscribe(list(topics), listener=_Listener(self, on_assign, on_revoke))
 
     def assign_all(self, topic: str, *, from_end: bool) -> list[Partition]:
         """Read every partition of ``topic`` outside any group; resolves the start positions before returning."""
@@ -131,12 +150,21 @@ class KafkaSource:
         Raises:
             BrokerError: the client reports an error that is not a transient connection problem.
         """
+        generation = self._assign_generation
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except KafkaError as exc:
             raise BrokerError(f"poll failed: {exc}") from exc
+        fresh: set[Partition] = set()
+        if self._assign_generation != generation or self._pending_assign:
+            fresh = self._deliver_assignment()
         out: list[Record] = []
         for tp in sorted(batches, key=lambda t: (t.topic, t.partition)):
+            part = _part(tp)
+            if part in fresh:  # fetched before the callback chose the start offset: read again from there
+                if batches[tp] and part not in self._sought:
+                    self.seek(part, batches[tp][0].offset)
+                continue
             for r in batches[tp]:
                 out.append(Record(r.topic, r.partition, r.offset, r.key, r.value,
                                   [(k, v) for k, v in (r.headers or [])], int(r.timestamp)))
@@ -144,10 +172,19 @@ class KafkaSource:
                 self._positions[_part(tp)] = batches[tp][-1].offset + 1
         return out
 
+    def _deliver_assignment(self) -> set[Partition]:
+        parts = set(self._pending_assign) & self.assignment()
+        self._pending_assign.clear()
+        self._sought.clear()
+        if self._on_assign is not None:
+            self._on_assign(sorted(parts))
+        return parts
+
     def seek(self, partition: Partition, offset: int) -> None:
         """Read ``partition`` from ``offset`` next."""
         self._consumer.seek(_tp(partition), offset)
         self._positions[partition] = offset
+        self._sought.add(partition)
 
     def committed(self, partition: Partition) -> int | None:
         """The group's committed offset for ``partition`` (None when nothing was committed)."""
@@ -160,6 +197,8 @@ class KafkaSource:
     def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit ``offsets`` for partitions still assigned (a commit after a rebalance is skipped, logged).
 
+        Inside a revocation callback (the client's IO thread) the commit is sent without waiting for the answer.
+
         Raises:
             BrokerError: the broker refused the commit for another reason.
         """
@@ -167,12 +206,23 @@ class KafkaSource:
         todo = {_tp(p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items() if p in owned}
         if not todo:
             return
+        if getattr(self._in_listener, "active", False):
+            try:
+                self._consumer.commit_async(todo, callback=self._async_committed)
+            except KafkaError as exc:
+                LOG.warning("commit during a rebalance failed: %s", exc)
+            return
         try:
             self._consumer.commit(todo)
         except CommitFailedError as exc:
             LOG.warning("commit skipped after a rebalance: %s", exc)
         except KafkaError as exc:
             raise BrokerError(f"commit failed: {exc}") from exc
+
+    @staticmethod
+    def _async_committed(offsets: Any, response: Any) -> None:
+        if isinstance(response, BaseException):
+            LOG.warning("commit during a rebalance failed: %s", response)
 
     def lag(self) -> dict[Partition, int]:
         """Messages between the read position and the high watermark, per assigned partition (when known)."""
