@@ -48,7 +48,7 @@ class _SameConv(nn.Conv2d):
         pad_w = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
         if pad_h or pad_w:
             x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        out: torch.Tensor = F.conv2d(x, self.weight, None, self.stride, 0, 1, self.groups)
+        out: torch.Tensor = F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
         return out
 
 
@@ -103,6 +103,22 @@ class EfficientNetLite0(nn.Module):
             x = block(x)
         out: torch.Tensor = F.relu6(self._bn1(self._conv_head(x)))
         return out
+
+    def fuse(self) -> EfficientNetLite0:
+        """Fold every BatchNorm into its convolution (inference only; call after loading weights)."""
+        from plugins._torch import fold_batchnorm
+
+        pairs: list[tuple[nn.Module, str, str]] = [(self, "_conv_stem", "_bn0"), (self, "_conv_head", "_bn1")]
+        for block in self._blocks:
+            pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+            if isinstance(block, _MBConv) and block.has_expand:
+                pairs.append((block, "_expand_conv", "_bn0"))
+        for owner, conv, bn in pairs:
+            norm = getattr(owner, bn)
+            if isinstance(norm, nn.BatchNorm2d):
+                fold_batchnorm(getattr(owner, conv), norm)
+                setattr(owner, bn, nn.Identity())
+        return self
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (needs ``with_classifier=True``)."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from plugins.base import RGBBatch
 
-__all__ = ["CPU_CHUNK", "cpu_chunk", "gem", "maybe_autocast", "resize", "to_device"]
+__all__ = ["CPU_CHUNK", "cpu_chunk", "fold_batchnorm", "gem", "max_filter", "maybe_autocast", "resize", "to_device"]
 
 # Frames per forward pass on the CPU. With 2 threads, batch 1 was faster per frame than batch 8 for both
 # networks (XFeat 640x352: 20.5 vs 22.6 ms; 1280x704: 74 vs 85 ms; EfficientNet-Lite0 512x288: 43 vs 54 ms,
@@ -59,3 +59,32 @@ def maybe_autocast(device: str, enabled: bool) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def fold_batchnorm(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> None:
+    """Fold an eval-mode ``bn`` that follows ``conv`` into ``conv``'s weight and bias (in place); the caller
+    then replaces ``bn`` with ``nn.Identity``. Saves a full pass over the activations per layer."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    assert bn.running_mean is not None and bn.running_var is not None, "fold a BatchNorm with running statistics"
+    conv.weight, conv.bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
+
+
+def max_filter(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """``kernel x kernel`` maximum filter of ``(B, C, H, W)`` (same size, borders padded with -inf).
+
+    Built from shifted element-wise maxima, separably: on a 640x352 map this took 0.5 ms where
+    ``F.max_pool2d(x, 5, 1, 2)`` took 15 ms on the CPU (its kernel also computes indices).
+    """
+    pad = kernel // 2
+    h, w = x.shape[-2], x.shape[-1]
+    p = F.pad(x, (pad, pad, pad, pad), value=float("-inf"))
+    rows = p[..., :, 0:w]
+    for d in range(1, kernel):
+        rows = torch.maximum(rows, p[..., :, d : d + w])
+    out = rows[..., 0:h, :]
+    for d in range(1, kernel):
+        out = torch.maximum(out, rows[..., d : d + h, :])
+    return out

@@ -63,6 +63,20 @@ class XFeatNet(nn.Module):
             nn.Conv2d(64, 65, 1),
         )
 
+    def fuse(self) -> XFeatNet:
+        """Fold every BatchNorm into its convolution (inference only; call after loading weights)."""
+        from plugins._torch import fold_batchnorm
+
+        for module in self.modules():
+            if not isinstance(module, _Basic):
+                continue
+            layer: nn.Sequential = module.layer
+            conv, norm = layer[0], layer[1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                fold_batchnorm(conv, norm)
+                layer[1] = nn.Identity()
+        return self
+
     @staticmethod
     def _unfold8(x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` -> ``(B, 64, H/8, W/8)``: each 8x8 block's pixels as channels (row-major)."""

@@ -189,7 +189,7 @@ class EfficientNetGeMExtractor(Extractor):
         net = EfficientNetLite0()
         load_into(net, load_state_dict(path, what="EfficientNet-Lite0"), what=f"EfficientNet-Lite0 ({path})",
                   ignore_prefixes=("_fc.",))
-        net = net.eval().to(self.device)
+        net = net.eval().fuse().to(self.device)
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._net = net
 

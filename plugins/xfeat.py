@@ -95,12 +95,11 @@ class XFeatExtractor(Extractor):
         path = resolve_weights(XFEAT, self.weights)
         net = XFeatNet()
         load_into(net, load_state_dict(path, what="XFeat"), what=f"XFeat ({path})", ignore_prefixes=("fine_matcher.",))
-        net = net.eval().to(self.device)
+        net = net.eval().fuse().to(self.device)
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._net = net
         if self._global is not None:
-            self._global._device_request = self.device
-            self._global.setup()
+            self._global.setup()  # built with the same device request, so it resolves to the same device
 
     def _close(self) -> None:
         self._net = None
@@ -130,7 +129,7 @@ class XFeatExtractor(Extractor):
         import torch.nn.functional as F
 
         from plugins._image import fit_size
-        from plugins._torch import gem, maybe_autocast, resize, to_device
+        from plugins._torch import gem, max_filter, maybe_autocast, resize, to_device
         from plugins._xfeat_net import keypoint_heatmap
 
         x = to_device(frames, self.device).mean(dim=1, keepdim=True)
@@ -144,7 +143,7 @@ class XFeatExtractor(Extractor):
         heat = keypoint_heatmap(logits)  # (B, 1, h, w)
 
         # Non-maximum suppression (XFeat: 5x5 max-pool, strictly above the threshold).
-        peak = (heat == F.max_pool2d(heat, _NMS_KERNEL, stride=1, padding=_NMS_KERNEL // 2))
+        peak = heat == max_filter(heat, _NMS_KERNEL)
         peak &= heat > self.detection_threshold
         b_idx, y_idx, x_idx = peak[:, 0].nonzero(as_tuple=True)
         batch = x.shape[0]

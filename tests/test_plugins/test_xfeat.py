@@ -95,3 +95,31 @@ def test_video_sizes(xfeat: Any, size: tuple[int, int]) -> None:
     (f,) = xfeat.extract(frame[None])
     check_features(f, 64, 64, size)
     assert f.num_features == 512
+
+
+def test_max_filter_equals_max_pool() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from plugins._torch import max_filter
+
+    x = torch.randn(2, 1, 37, 53)
+    for k in (3, 5):
+        assert torch.equal(max_filter(x, k), F.max_pool2d(x, k, stride=1, padding=k // 2))
+
+
+def test_batchnorm_folding_keeps_outputs() -> None:
+    import torch
+
+    from plugins._xfeat_net import XFeatNet
+    from plugins.weights import XFEAT, load_into, load_state_dict, resolve_weights
+
+    plain = XFeatNet().eval()
+    load_into(plain, load_state_dict(resolve_weights(XFEAT)), what="xfeat", ignore_prefixes=("fine_matcher.",))
+    fused = XFeatNet().eval()
+    fused.load_state_dict(plain.state_dict())
+    fused.fuse()
+    x = torch.rand(1, 1, 64, 96) * 255
+    with torch.inference_mode():
+        for a, b in zip(plain(x), fused(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
