@@ -195,6 +195,30 @@ def promql_label_names(expr: str) -> set[str]:
     return labels
 
 
+def dashboard_expressions() -> list[str]:
+    """Every PromQL expression of the committed dashboard (panels and template variables)."""
+    builder = load_module(DEPLOY / "grafana" / "build_dashboard.py", "l2g_build_dashboard")
+    expressions: list[str] = builder.expressions(json.loads(DASHBOARD_FILE.read_text(encoding="utf-8")))
+    return expressions
+
+
+def alert_expressions() -> list[str]:
+    """Every alert expression of ``alerts.yml``."""
+    data = yaml.safe_load(ALERTS_FILE.read_text(encoding="utf-8"))
+    return [str(rule["expr"]) for group in data["groups"] for rule in group["rules"]]
+
+
+def service_series(expressions: list[str]) -> set[str]:
+    """The service's own series the expressions query (``up`` and exporters' series left out)."""
+    names = set().union(*(promql_metric_names(e) for e in expressions))
+    return {n for n in names if n not in PROMETHEUS_BUILTIN and not n.startswith(EXTERNAL_PREFIXES)}
+
+
+def exposition_series(families: Any) -> set[str]:
+    """Series names a parsed exposition declares (``# TYPE``), with the suffixes of each family's type."""
+    return {family.name + suffix for family in families for suffix in _SUFFIXES.get(family.type, ("",))}
+
+
 # --- Helm -----------------------------------------------------------------------------------------------
 
 
