@@ -132,8 +132,9 @@ def rows() -> list[Row]:
         Panel("End-to-end latency percentiles", "Query latency (stage=total): p50, p95, p99.",
               tuple(Target(quantile(q, "l2g_query_latency_seconds", "", f'stage="total", {INSTANCE}'), f"p{p}")
                     for q, p in ((0.5, "50"), (0.95, "95"), (0.99, "99"))), unit="s"),
-        *(Panel(f"Latency p{p} per stage", f"{p}th percentile of query latency per stage: decode_image, "
-                "extract, stage1 (local search), stage2 (L2G re-ranking), total.",
+        *(Panel(f"Latency p{p} per stage", f"{p}th percentile of query latency per stage: queue (sent to read), "
+                "decode_image, extract and stage1 (local search over its own shards) on every worker; stage2 "
+                "(merge and L2G re-ranking) and total on the worker that merges the query.",
                 (Target(quantile(q, "l2g_query_latency_seconds", "stage"), "{{stage}}"),), unit="s", width=8)
           for q, p in ((0.5, "50"), (0.95, "95"), (0.99, "99"))),
     ])
