@@ -61,7 +61,10 @@ class DecodedChunk:
         decoded: frames decoded in total.
         codec: the codec found.
         width, height: coded size of the stream.
-        error: set when decoding stopped early (truncated or corrupt tail); ``frames`` hold what came out before.
+        error: set when decoding stopped early (truncated or corrupt tail) or frames were corrupt; ``frames`` hold
+            the good frames.
+        corrupt: frames the decoder flagged as corrupt (concealed errors); counted in ``decoded`` (they keep their
+            frame number) but never selected.
     """
 
     frames: list[DecodedFrame] = field(default_factory=list)
@@ -70,6 +73,7 @@ class DecodedChunk:
     width: int = 0
     height: int = 0
     error: str | None = None
+    corrupt: int = 0
 
 
 def decode_chunk(
@@ -122,6 +126,7 @@ def decode_chunk(
         stream.thread_count = threads
         frames: list[DecodedFrame] = []
         decoded = 0
+        corrupt = 0
         first: float | None = None
         error: str | None = None
         rate = float(stream.average_rate) if stream.average_rate else 0.0
@@ -132,7 +137,9 @@ def decode_chunk(
                 if first is None:
                     first = t
                 offset = max(0.0, t - first)
-                if select is None or select(decoded, offset):
+                if frame.is_corrupt:  # the decoder concealed missing or damaged data: never index it
+                    corrupt += 1
+                elif select is None or select(decoded, offset):
                     w, h = fit_size(frame.width, frame.height, max_side)
                     image = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
                     frames.append(DecodedFrame(decoded, offset, np.ascontiguousarray(image, dtype=np.uint8)))
@@ -145,9 +152,12 @@ def decode_chunk(
             if decoded == 0:
                 raise VideoDecodeError(f"cannot decode {codec} segment: {exc}") from exc
             error = f"decoding stopped after {decoded} frames: {exc}"
-        if decoded == 0:
-            raise VideoDecodeError(f"{codec} segment of {len(data)} bytes holds no decodable frame")
-    return DecodedChunk(frames, decoded, codec, width, height, error)
+        if decoded == corrupt:
+            raise VideoDecodeError(f"{codec} segment of {len(data)} bytes holds no decodable frame"
+                                   + (f" ({corrupt} corrupt)" if corrupt else ""))
+        if corrupt and error is None:
+            error = f"{corrupt} of {decoded} frames corrupt"
+    return DecodedChunk(frames, decoded, codec, width, height, error, corrupt)
 
 
 def decode_image(data: bytes, *, max_side: int = 640, max_pixels: int = 40_000_000) -> RGBImage:

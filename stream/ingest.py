@@ -282,6 +282,8 @@ class IngestLoop:
             self.stats.decode_seconds += dt
         self.stats.frames_decoded += result.decoded
         self.stats.frames_sampled += len(result.frames)
+        if result.corrupt:
+            skipped["corrupt"] += result.corrupt
         self.stats.skipped.update(skipped)
         self.metrics.frames_decoded.labels(camera).inc(result.decoded)
         self.metrics.frames_sampled.labels(camera).inc(len(result.frames))
@@ -294,7 +296,7 @@ class IngestLoop:
             truncated = f"{result.decoded} of {chunk.frame_count} frames decodable"
         if truncated is not None:  # index what came out, and report the rest
             self._reject(rec, VideoDecodeError(f"{camera} chunk {chunk.sequence}: {truncated}"),
-                         reason="truncated_video")
+                         reason="corrupt_frames" if result.corrupt else "truncated_video")
         return [_Frame(part, FrameKey(camera, chunk.start_time + f.offset, chunk.first_frame + f.index), f.image, rec)
                 for f in result.frames]
 

@@ -6,7 +6,7 @@ the demo) can live in one process. The dashboard in ``deploy/`` is built on thes
 
 Counters
     ``l2g_frames_decoded_total{camera}``, ``l2g_frames_sampled_total{camera}``,
-    ``l2g_frames_skipped_total{camera,reason}`` (reason: sampling | load_shed | duplicate),
+    ``l2g_frames_skipped_total{camera,reason}`` (reason: sampling | load_shed | duplicate | corrupt),
     ``l2g_frames_indexed_total{camera}``, ``l2g_queries_total{mode,outcome}`` (outcome: ok | partial | error),
     ``l2g_dead_letters_total{stage,reason}``, ``l2g_chunks_consumed_total{topic,partition}``,
     ``l2g_index_evicted_frames_total``, ``l2g_rebalances_total``, ``l2g_commits_total``
@@ -55,7 +55,7 @@ class StreamMetrics:
         self.frames_sampled = Counter("l2g_frames_sampled", "Decoded frames kept by the sampler.", ["camera"],
                                       registry=r)
         self.frames_skipped = Counter(
-            "l2g_frames_skipped", "Decoded frames not indexed, by reason (sampling, load_shed, duplicate).",
+            "l2g_frames_skipped", "Decoded frames not indexed, by reason (sampling, load_shed, duplicate, corrupt).",
             ["camera", "reason"], registry=r)
         self.frames_indexed = Counter("l2g_frames_indexed", "Frames newly added to the index.", ["camera"],
                                       registry=r)

@@ -146,7 +146,7 @@ def test_bad_chunks_go_to_the_dead_letter_topic_and_ingest_goes_on(tmp_path: Pat
     drain(loop, broker)
     letters = dead_letters(broker)
     reasons = sorted(d.reason for d in letters)
-    assert reasons == sorted(["corrupt_video", "truncated_video", "invalid_json", "schema_violation", "oversized",
+    assert reasons == sorted(["corrupt_video", "corrupt_frames", "invalid_json", "schema_violation", "oversized",
                               "ref_not_allowed", "ref_missing", "unsupported_codec"])
     assert all(d.stage == "ingest" and d.original_topic == "l2g.video" for d in letters)
     bad_json = next(d for d in letters if d.reason == "invalid_json")
