@@ -34,6 +34,7 @@ from l2g_core.evaluation import group_ground_truth, load_groups, mean_average_pr
 from l2g_core.geometry import mutual_matches, ransac_inliers
 
 DEFAULT_EXTRACTORS = ("xfeat", "xfeat-fast", "efficientnet-gem", "rootsift", "xfeat:global_from=efficientnet")
+ALIKED_WEIGHTS = SHARED_DATA / "weights" / "aliked-n16.pth"  # added to the defaults when present
 SIZES = ((360, 640), (720, 1280))
 
 
@@ -243,7 +244,8 @@ def correctness(name: str, root: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--extractors", nargs="+", default=list(DEFAULT_EXTRACTORS))
+    default = list(DEFAULT_EXTRACTORS) + ([f"aliked:weights={ALIKED_WEIGHTS}"] if ALIKED_WEIGHTS.is_file() else [])
+    parser.add_argument("--extractors", nargs="+", default=default)
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--min-seconds", type=float, default=3.0, help="timed seconds per configuration")
     parser.add_argument("--min-batches", type=int, default=3)

@@ -22,6 +22,7 @@ _BUILTIN: dict[str, str] = {
     "xfeat": "plugins.xfeat:XFeatExtractor",
     "efficientnet-gem": "plugins.efficientnet:EfficientNetGeMExtractor",
     "rootsift": "plugins.rootsift:RootSiftExtractor",
+    "aliked": "plugins.aliked:AlikedExtractor",
 }
 _REGISTERED: dict[str, type[Extractor]] = {}
 
