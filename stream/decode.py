@@ -25,6 +25,10 @@ LOG = logging.getLogger(__name__)
 #: Video codecs the worker decodes; anything else is dead-lettered as ``unsupported_codec``.
 SUPPORTED_CODECS = frozenset({"h264", "hevc", "mpeg4", "vp9", "av1", "libdav1d", "mjpeg"})
 
+#: Largest video frame decoded (8K UHD). Decoding cost grows with frame size and a few hundred KB of H.264 can
+#: declare 8192x8192 frames (measured: 232 KB, 10 frames, 1.1 GB RSS and 0.27 s per frame on 2 cores).
+MAX_VIDEO_PIXELS = 7680 * 4320
+
 RGBImage = npt.NDArray[np.uint8]
 FrameSelector = Callable[[int, float], bool]
 
@@ -84,6 +88,7 @@ def decode_chunk(
     max_side: int = 640,
     threads: int = 0,
     max_frames: int = 3_000,
+    max_pixels: int = MAX_VIDEO_PIXELS,
 ) -> DecodedChunk:
     """Decode one self-contained MPEG-TS or MP4 segment.
 
@@ -97,6 +102,8 @@ def decode_chunk(
         max_side: converted frames are resized so their longer side is at most this.
         threads: decoder threads with ``thread_type="AUTO"`` (0 = automatic).
         max_frames: stop after this many frames.
+        max_pixels: a stream whose frames have more pixels is refused (``video_too_large``); a frame that grows
+            past it mid-segment ends the decode there.
 
     Returns:
         The selected frames and decode statistics; ``error`` is set when the data ended in an error after at
@@ -104,7 +111,7 @@ def decode_chunk(
 
     Raises:
         VideoDecodeError: nothing decodable (reason ``corrupt_video``), no video stream (``no_video_stream``),
-            or an unsupported codec (``unsupported_codec``).
+            an unsupported codec (``unsupported_codec``), or frames over ``max_pixels`` (``video_too_large``).
     """
     if not data:
         raise VideoDecodeError("empty video segment", reason="empty_video")
@@ -131,8 +138,13 @@ def decode_chunk(
         error: str | None = None
         rate = float(stream.average_rate) if stream.average_rate else 0.0
         width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > max_pixels:
+            raise VideoDecodeError(f"{width}x{height} frames exceed {max_pixels} pixels", reason="video_too_large")
         try:
             for frame in source.decode(stream):
+                if frame.width * frame.height > max_pixels:  # the size grew mid-segment (a new SPS)
+                    raise VideoDecodeError(f"{frame.width}x{frame.height} frame exceeds {max_pixels} pixels",
+                                           reason="video_too_large")
                 t = frame.time if frame.time is not None else (decoded / rate if rate else float(decoded))
                 if first is None:
                     first = t
