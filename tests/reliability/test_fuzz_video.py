@@ -192,3 +192,20 @@ def test_seeded_bit_flips(container: str, flips: int, seed: int) -> None:
     for pos, mask in zip(rng.integers(0, len(data), flips), rng.integers(1, 256, flips), strict=True):
         data[pos] ^= mask
     _check(bytes(data), container=container)
+
+
+def test_frames_over_the_pixel_limit_are_refused_from_the_header(ts: bytes) -> None:
+    with pytest.raises(VideoDecodeError) as info:
+        decode_chunk(ts, max_pixels=160 * 120 - 1)
+    assert info.value.reason == "video_too_large"
+    assert decode_chunk(ts, max_pixels=160 * 120).decoded == FRAMES
+
+
+def test_a_small_segment_declaring_huge_frames_is_refused_quickly() -> None:
+    """One 7696x4336 frame (just over 8K UHD): a few KB of H.264 that would cost ~1 GB and 0.3 s per frame."""
+    data = encode_video(n=1, w=7696, h=4336, gop=1)
+    assert len(data) < 900_000  # fits in one message
+    t0 = time.perf_counter()
+    with pytest.raises(VideoDecodeError) as info:
+        decode_chunk(data)
+    assert info.value.reason == "video_too_large" and time.perf_counter() - t0 < 1.0
