@@ -10,7 +10,9 @@ import pytest
 
 from plugins import ExtractorInputError, get_extractor
 
-NAMES = ["xfeat", "efficientnet-gem", "rootsift", "toy"]
+NAMES = ["xfeat", "efficientnet-gem", "rootsift", "aliked", "toy"]
+# Weights that do not exist: validation must reject a bad batch before any weights are read.
+MISSING = {"xfeat": "/nonexistent.pt", "efficientnet-gem": "/nonexistent.pth", "aliked": "/nonexistent/aliked-n16.pth"}
 
 
 def _bad_batches() -> list[tuple[str, Any, str]]:
@@ -32,8 +34,7 @@ def _bad_batches() -> list[tuple[str, Any, str]]:
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize(("case", "frames", "match"), _bad_batches(), ids=[c[0] for c in _bad_batches()])
 def test_bad_batch(name: str, case: str, frames: Any, match: str) -> None:
-    extractor = get_extractor(name, weights="/nonexistent.pt") if name in ("xfeat", "efficientnet-gem") else (
-        get_extractor(name))
+    extractor = get_extractor(name, weights=MISSING[name]) if name in MISSING else get_extractor(name)
     with pytest.raises(ExtractorInputError, match=match):
         extractor.extract(frames)
     # Validation comes first: a bad batch never triggers weight loading (which would fail here).
