@@ -28,6 +28,9 @@ PRESETS: dict[str, Preset] = {
     "xfeat-quality": Preset(
         "xfeat", {"max_keypoints": 1024, "max_side": 960}, "XFeat, 1024 keypoints, 960 px: GPU, small objects"
     ),
+    "xfeat-effnet": Preset(
+        "xfeat", {"global_from": "efficientnet"}, "XFeat locals + EfficientNet-Lite0 GeM global (1280-d)"
+    ),
     "rootsift-1k": Preset("rootsift", {"max_keypoints": 1000}, "OpenCV SIFT + RootSIFT, 1000 keypoints, CPU"),
     "toy-test": Preset("toy", {"max_features": 128}, "deterministic grid patches, for tests"),
 }

@@ -84,13 +84,18 @@ class TestPresets:
         assert isinstance(extractor, XFeatExtractor)
         assert (extractor.max_keypoints, extractor.max_side) == (64, 480)
 
+    def test_xfeat_effnet(self) -> None:
+        extractor = get_extractor("xfeat-effnet")
+        assert isinstance(extractor, XFeatExtractor)
+        assert (extractor.local_dim, extractor.global_dim) == (64, 1280)
+
     def test_rootsift_1k(self) -> None:
         extractor = get_extractor("rootsift-1k")
         assert isinstance(extractor, RootSiftExtractor) and extractor.max_keypoints == 1000
 
     def test_options_roundtrip(self) -> None:
         # options() is what the index tag records: rebuilding from it gives the same options.
-        for name in ("xfeat-fast", "xfeat-quality", "rootsift-1k", "efficientnet-gem"):
+        for name in ("xfeat-fast", "xfeat-quality", "xfeat-effnet", "rootsift-1k", "efficientnet-gem"):
             extractor = get_extractor(name)
             assert get_extractor(extractor.name, **extractor.options()).options() == extractor.options()
 
