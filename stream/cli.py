@@ -151,6 +151,22 @@ def _settings(args: argparse.Namespace, **groups: dict[str, Any]) -> Settings:
     return Settings.load(getattr(args, "config", None), **overrides)
 
 
+def _check_reachable(settings: Settings, timeout_s: float = 3.0) -> None:
+    """Fail fast (instead of the client's 30 s bootstrap timeout) when no bootstrap server accepts a connection."""
+    import socket
+
+    servers = [s.strip() for s in settings.kafka.bootstrap_servers.split(",") if s.strip()]
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout_s).close()
+            return
+        except (OSError, ValueError):
+            continue
+    raise BrokerError(f"no Kafka bootstrap server reachable at {settings.kafka.bootstrap_servers} "
+                      "(set --bootstrap, L2G_KAFKA__BOOTSTRAP_SERVERS or kafka.bootstrap_servers in --config)")
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
@@ -237,6 +253,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     paths = video_files(args.path)
     if args.camera and len(paths) > 1:
         raise CliError("--camera names one camera; a folder publishes one camera per file")
+    _check_reachable(settings)
     if settings.topics.create:
         from stream.kafka import ensure_topics
 
@@ -272,6 +289,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         raise CliError(f"cannot read {args.image}: {exc.strerror}") from exc
     decode_image(image, max_side=settings.query.image_max_side, max_pixels=settings.query.max_image_pixels)
     timeout = args.timeout or settings.query.default_timeout_s
+    _check_reachable(settings)
     with QueryClient(settings) as client:
         result = client.ask(image, timeout_s=timeout, k=args.k, mode=args.mode, cameras=args.camera,
                             time_from=args.since, time_to=args.until)
