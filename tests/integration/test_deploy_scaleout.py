@@ -16,6 +16,7 @@ import pytest
 
 from stream.broker import EmbeddedBroker
 from stream.kafka import KafkaSource
+from stream.kafka.admin import committed_offsets
 from stream.messages import CandidatePartial, decode_message
 from stream.worker import Worker
 from tests.test_deploy import live
@@ -142,4 +143,67 @@ def test_two_workers_answer_like_one_and_take_over_on_rebalance(broker: Embedded
     finally:
         for worker in workers:
             worker.stop(30.0)
+        client.close()
+
+
+def test_a_crashed_worker_is_replaced_from_its_snapshots(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """A worker configured by env vars only (like a container) dies with SIGKILL: no final snapshot, no commit,
+    no LeaveGroup. Once the group drops it, the survivor owns every partition, loads the dead worker's periodic
+    snapshots from the shared directory, and answers as the two did together."""
+    shared = tmp_path / "shared-snapshots"
+    survivor_settings = live.make_settings(broker.bootstrap, "crash", "survivor", shared)
+    client = live.Client(broker.bootstrap)
+    victim: live.WorkerProcess | None = None
+    survivor: Worker | None = None
+    try:
+        client.create_topics(survivor_settings)
+        cameras = live.cameras_on_partitions(3)
+        total = client.publish_cameras("crash.video", cameras)
+        victim = live.WorkerProcess(survivor_settings.with_overrides(runtime={"worker_id": "victim"}),
+                                    tmp_path / "victim.log")
+        live.wait_for(victim.ready, 90, "the worker process to be ready")
+        survivor = Worker(survivor_settings).start()
+        w = survivor
+
+        def split() -> bool:
+            mine = live.owned_partitions(w)
+            return w.ready and bool(mine) and mine != ALL
+        live.wait_for(split, 60, "the partitions to be split between the two workers", [w])
+        live.wait_for(lambda: live.indexed_frames([w]) + victim.metric("l2g_index_frames") == total, 90,
+                      "ingest by both workers", [w])
+        assert split()
+        # Every frame is covered by a periodic snapshot once the group's committed offsets reach the end of every
+        # partition (offsets are committed only after the snapshot that covers them).
+        ends = {p: o for p, o in client.sink.delivered().items() if p.topic == "crash.video"}
+        assert len(ends) == live.PARTITIONS
+        live.wait_for(lambda: committed_offsets(survivor_settings, "crash-ingest", "crash.video") == ends, 30,
+                      "checkpoints covering every chunk", [w])
+
+        image = live.png(live.camera_frame(2, 10)[live.CROP])
+        before = client.result("crash.results", client.send_query("crash.queries", image, k=6, mode="l2g"))
+        assert before.status == "complete" and before.coverage.partitions_searched == live.PARTITIONS
+
+        indexed = w.ingest.stats.frames_indexed if w.ingest is not None else -1
+        victim.kill()
+        # Tansu drops a member that vanished after about max_poll_interval_ms (8 s here).
+        live.wait_for(lambda: live.owned_partitions(w) == ALL and w.ready, 90, "the survivor to own every partition",
+                      [w])
+        live.wait_for(lambda: live.indexed_frames([w]) == total, 30, "every frame on the survivor", [w])
+        assert w.ingest is not None and w.ingest.stats.frames_indexed == indexed, \
+            "the dead worker's partitions must come from its snapshots, not from re-reading the topic"
+
+        after = client.result("crash.results", client.send_query("crash.queries", image, k=6, mode="l2g"),
+                              timeout_s=90)
+        assert after.status == "complete", after.coverage
+        assert after.worker_id == "survivor"
+        assert live.matches(after) == live.matches(before)
+    except AssertionError:
+        if victim is not None:
+            print(victim.log())
+        raise
+    finally:
+        if survivor is not None:
+            survivor.stop(30.0)
+        if victim is not None:
+            victim.stop()
         client.close()

@@ -4,7 +4,14 @@ embedded tansu broker, configured the way ``deploy/`` configures them (env-style
 from __future__ import annotations
 
 import functools
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -14,14 +21,17 @@ import cv2
 import numpy as np
 import pytest
 from kafka.partitioner.default import murmur2
+from prometheus_client.parser import text_string_to_metric_families
 
-from stream.broker import EmbeddedBroker
+from stream.broker import EmbeddedBroker, free_port
 from stream.errors import BrokerError
 from stream.kafka import KafkaSink, KafkaSource, ensure_topics
 from stream.messages import OutboundMessage, Query, QueryResult, VideoChunk, decode_message, encode_message
-from stream.settings import Settings
+from stream.settings import ENV_PREFIX, Settings
 from stream.video import SyntheticCamera, chunk_messages, encode_segments
 from stream.worker import Worker
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Group timings that work with tansu (see /work/shared/docs/infra.md): a 1.1 s join, a dead member replaced in
 # about 10 s. Production keeps the defaults (Apache Kafka drops a dead member after the session timeout).
@@ -68,6 +78,90 @@ def make_settings(bootstrap: str, prefix: str, worker_id: str, snapshot_dir: Pat
     for name, values in groups.items():
         base[name] = {**base.get(name, {}), **values}
     return Settings.model_validate(base)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the ``L2G_*`` environment variables a container would get (compose, the chart)."""
+    env: dict[str, str] = {}
+    for group, values in settings.model_dump(mode="json").items():
+        for name, value in values.items():
+            if value is None:
+                continue
+            if isinstance(value, dict | list):
+                text = json.dumps(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[f"{ENV_PREFIX}{group.upper()}__{name.upper()}"] = text
+    return env
+
+
+class WorkerProcess:
+    """A worker in its own process, configured by environment variables only (like a container), with its
+    HTTP endpoint on ``port``; :meth:`kill` crashes it (SIGKILL: no snapshot, no commit, no LeaveGroup)."""
+
+    SCRIPT = ("import logging, sys\n"
+              "from stream.settings import Settings\n"
+              "from stream.worker import Worker\n"
+              "logging.basicConfig(level=logging.INFO, format='%(asctime)s %(threadName)s %(message)s')\n"
+              "sys.exit(Worker(Settings.load()).run())\n")
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.port = free_port()
+        settings = settings.with_overrides(http={"enabled": True, "host": "127.0.0.1", "port": self.port})
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
+        env.update(settings_env(settings))
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in kill/stop
+        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT], cwd=ROOT, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """``(status, body)`` of ``GET path``; ``(0, b"")`` while nothing listens."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read()
+        except OSError:
+            return 0, b""
+
+    def metric(self, name: str) -> float:
+        """Sum of the samples named ``name`` on ``/metrics`` (0 when absent or unreachable)."""
+        status, body = self.get("/metrics")
+        if status != 200:
+            return 0.0
+        return sum(s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples
+                   if s.name == name)
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker process exited with {self.proc.returncode}:\n{self.log()}")
+        return self.get("/readyz")[0] == 200
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
 
 
 def cameras_on_partitions(n: int, partitions: int = PARTITIONS) -> list[str]:
