@@ -98,14 +98,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A worker in its own process, configured by environment variables only (like a container), with its
-    HTTP endpoint on ``port``; :meth:`kill` crashes it (SIGKILL: no snapshot, no commit, no LeaveGroup)."""
+    """``l2g-stream worker`` (the image's command) in its own process, configured by environment variables only
+    (like a container), with its HTTP endpoint on ``port``; :meth:`kill` crashes it (SIGKILL: no snapshot, no
+    commit, no LeaveGroup)."""
 
-    SCRIPT = ("import logging, sys\n"
-              "from stream.settings import Settings\n"
-              "from stream.worker import Worker\n"
-              "logging.basicConfig(level=logging.INFO, format='%(asctime)s %(threadName)s %(message)s')\n"
-              "sys.exit(Worker(Settings.load()).run())\n")
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.port = free_port()
@@ -114,8 +110,8 @@ class WorkerProcess:
         env.update(settings_env(settings))
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in kill/stop
-        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT], cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], cwd=ROOT, env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     @property
     def url(self) -> str:

@@ -85,6 +85,17 @@ def settings_from_env(env: Mapping[str, str], monkeypatch: Any) -> Settings:
     return Settings.load()
 
 
+def cli_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings ``l2g-stream worker --print-settings`` reports in a process whose only ``L2G_*`` variables are
+    ``env`` (what a container of the compose stack or the chart would run with)."""
+    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
+    proc = subprocess.run([sys.executable, "-m", "stream.cli", "worker", "--print-settings"], cwd=ROOT,
+                          env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
 # --- metrics --------------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import yaml
 from tests.test_deploy.support import (
     COMPOSE_FILE,
     PROMETHEUS_CONFIG,
+    cli_settings,
     settings_env_names,
     settings_from_env,
 )
@@ -98,6 +99,16 @@ def test_worker_env_validates(worker_env: dict[str, str], monkeypatch: pytest.Mo
     assert settings.kafka.bootstrap_servers == "kafka:9092"
     assert settings.topics.create is False, "topic-init owns the topics"
     assert settings.index.snapshot_dir is not None, "without snapshots nothing is committed"
+
+
+def test_worker_command_reads_the_env(worker_env: dict[str, str]) -> None:
+    """The image's command (`l2g-stream worker`) resolves the compose env as intended."""
+    printed = cli_settings(worker_env)
+    assert printed["kafka"]["bootstrap_servers"] == "kafka:9092"
+    assert printed["topics"]["candidates"] == worker_env["L2G_TOPICS__CANDIDATES"]
+    assert printed["query"]["merge_group_id"] == worker_env["L2G_QUERY__MERGE_GROUP_ID"]
+    assert printed["http"]["port"] == int(worker_env["L2G_HTTP__PORT"])
+    assert printed["topics"]["create"] is False
 
 
 def test_worker_bootstrap_is_a_kafka_listener(services: dict[str, Any], worker_env: dict[str, str]) -> None:

@@ -5,6 +5,7 @@ SASL wiring, topic creation, and the chart's own validation failures."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from tests.test_deploy.support import (
     build_renderer,
     by_kind,
     chart_values,
+    cli_settings,
     manifests,
     render_chart,
     settings_env_names,
@@ -171,6 +173,9 @@ def test_sasl_wiring(renderer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.kafka.security_protocol == "SASL_SSL"
     assert settings.kafka.sasl_password is not None and settings.kafka.sasl_password.get_secret_value() == "s3cret"
     assert "s3cret" not in render_chart(renderer, SASL)["configmap.yaml"]
+    printed = cli_settings({**_configmap(docs), **secret_env, "L2G_RUNTIME__WORKER_ID": "pod-0"})
+    assert printed["kafka"]["sasl_mechanism"] == "SCRAM-SHA-512" and printed["kafka"]["sasl_username"] == "l2g"
+    assert "s3cret" not in json.dumps(printed) and "keypass" not in json.dumps(printed), "secrets must be masked"
     keda = render(renderer, {**SASL, "keda": {"enabled": True}})
     (auth,) = by_kind(keda, "TriggerAuthentication")
     assert {ref["key"] for ref in auth["spec"]["secretTargetRef"]} <= set(secret["stringData"])
