@@ -207,13 +207,13 @@ class Worker:
         if s.query.enabled:
             self.query = QueryLoop(
                 s, self.connector.source(client_id=f"{cid}-query", group_id=None, max_poll_records=16,
-                                      low_latency=True),
+                                         low_latency=True),
                 self.sink, self.index, query_extractor, metrics=self.metrics, health=self.health,
                 worker_id=self.worker_id)
             self.query.start()
             self.merge = MergeLoop(
                 s, self.connector.source(client_id=f"{cid}-merge", group_id=s.query.merge_group_id,
-                                         max_poll_records=64),
+                                         max_poll_records=64, low_latency=True),
                 self.sink, self.index.retrieval, dead_letters=dlq, metrics=self.metrics, health=self.health,
                 worker_id=self.worker_id)
             self.merge.start()
