@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,9 +109,9 @@ def throughput(name: str, frames: np.ndarray, batch: int, device: str, min_secon
     """Frames per second of ``extract`` on batches of ``batch`` frames cycled from ``frames``."""
     extractor = build(name, device=device)
     extractor.setup()
-    batches = [np.ascontiguousarray(np.resize(frames, (batch, *frames.shape[1:])))]
-    if frames.shape[0] >= 2 * batch:
-        batches.append(np.ascontiguousarray(frames[batch : 2 * batch]))
+    batches = [np.ascontiguousarray(frames[i : i + batch]) for i in range(0, frames.shape[0] - batch + 1, batch)]
+    if not batches:  # fewer frames than one batch: repeat them
+        batches = [np.ascontiguousarray(np.resize(frames, (batch, *frames.shape[1:])))]
     extractor.extract(batches[0])  # warm-up: lazy inits, allocator, cuDNN autotune
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -127,8 +128,12 @@ def throughput(name: str, frames: np.ndarray, batch: int, device: str, min_secon
         features += sum(f.num_features for f in out)
     total = sum(times)
     extractor.close()
-    return {"fps": round(batch * len(times) / total, 2), "batches": len(times), **percentiles(times, (50, 95)),
-            "features_per_frame": round(features / (batch * len(times)), 1)}
+    # fps over the whole run, and from the median batch time: the latter resists intermittent contention from
+    # other processes on a shared machine (os.getloadavg() is recorded next to both).
+    return {"fps": round(batch * len(times) / total, 2), "fps_p50": round(batch / float(np.median(times)), 2),
+            "batches": len(times), **percentiles(times, (50, 95)),
+            "features_per_frame": round(features / (batch * len(times)), 1),
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 # ------------------------------------------------------------------------------------------ bytes/frame
@@ -251,16 +256,19 @@ def main() -> None:
     parser.add_argument("--min-batches", type=int, default=3)
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-correctness", action="store_true")
+    parser.add_argument("--sizes", nargs="+", default=[f"{w}x{h}" for h, w in SIZES], help="WxH frame sizes")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8], help="CPU batch sizes")
     args = parser.parse_args()
     torch.set_num_threads(2)
     cuda = torch.cuda.is_available()
     info = machine()
 
     if not args.skip_throughput:
-        for size in SIZES:
-            frames, source = video_frames(16, size, args.data)
+        sizes = [(int(hw.split("x")[1]), int(hw.split("x")[0])) for hw in args.sizes]
+        for size in sizes:
+            frames, source = video_frames(32, size, args.data)
             progress(f"{size[1]}x{size[0]}: {frames.shape[0]} frames from {source}")
-            runs = [("cpu", b) for b in (1, 8)] + ([("cuda", b) for b in (1, 8, 32)] if cuda else [])
+            runs = [("cpu", b) for b in args.batches] + ([("cuda", b) for b in (1, 8, 32)] if cuda else [])
             for name in args.extractors:
                 for device, batch in runs:
                     if device == "cuda" and name.startswith("rootsift"):
