@@ -124,8 +124,7 @@ class RootSiftExtractor(Extractor):
             nfeatures=self.max_keypoints, contrastThreshold=self.contrast_threshold, edgeThreshold=self.edge_threshold
         )
         if self._global is not None:
-            self._global._device_request = self.device
-            self._global.setup()
+            self._global.setup()  # built with the same device request, so it resolves to the same device
         self.device = "cpu" if self._global is None else self.device
 
     def _close(self) -> None:

@@ -58,3 +58,12 @@ def test_downscaled_keypoints_are_in_frame_pixels(scene: np.ndarray) -> None:
     (f,) = extractor.extract(scene[None])
     check_features(f, 128, 1024, scene.shape[:2])
     assert f.keypoints[:, 0].max() > 160
+
+
+def test_global_from_efficientnet(scene: np.ndarray) -> None:
+    extractor = get_extractor("rootsift", max_keypoints=100, global_from="efficientnet",
+                              global_options={"max_side": 128}, device="cpu")
+    (f,) = extractor.extract(scene[None])
+    check_features(f, 128, 1280, scene.shape[:2])
+    assert extractor.options()["global_from"] == "efficientnet"
+    extractor.close()
