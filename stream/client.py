@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from stream.errors import BrokerError, SchemaError
+from stream.errors import BrokerError, MessageTooLargeError, SchemaError
 from stream.messages import Query, QueryResult, decode_message, encode_message
 from stream.ports import MessageSink, MessageSource
+from stream.refs import write_blob
 from stream.settings import Settings
 from stream.video import VIDEO_SUFFIXES, Segment, chunk_messages, segment_file
 
@@ -162,7 +163,10 @@ class QueryClient:
              time_to: float | None = None, timeout_s: float | None = None, query_id: str | None = None) -> Query:
         """Publish one query; returns it (its ``query_id`` is what :meth:`wait` takes).
 
+        An image too large for one message is written under ``storage.blob_dir`` and sent as ``image_ref``.
+
         Raises:
+            MessageTooLargeError: the image does not fit and there is no ``storage.blob_dir``.
             SchemaError: invalid fields (e.g. k out of range).
             BrokerError: delivery failed.
         """
@@ -176,7 +180,17 @@ class QueryClient:
                           deadline=now + timeout_s if timeout_s is not None else None, sent_at=now)
         except ValidationError as exc:
             raise SchemaError(f"invalid query: {exc.errors()[0]['msg']}") from exc
-        out = encode_message(query, source="l2g-stream query", max_bytes=self.settings.kafka.max_message_bytes)
+        limit = self.settings.kafka.max_message_bytes
+        try:
+            out = encode_message(query, source="l2g-stream query", max_bytes=limit)
+        except MessageTooLargeError:
+            blob_dir = self.settings.storage.blob_dir
+            if image is None or blob_dir is None:
+                raise MessageTooLargeError(f"the query image ({len(image or b'')} bytes) does not fit in a message of "
+                                           f"{limit} bytes; set storage.blob_dir to send it by reference") from None
+            ref = write_blob(image, blob_dir, prefix=f"query-{query.query_id}", suffix=".img")
+            query = query.model_copy(update={"image": None, "image_ref": ref})
+            out = encode_message(query, source="l2g-stream query", max_bytes=limit)
         if not self._parts:  # the results topic may not have existed when the client started
             self._parts = self.source.assign_all(self.settings.topics.results, from_end=True)
         self.sink.send(self.settings.topics.queries, out.value, key=out.key, headers=out.headers)

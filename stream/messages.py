@@ -344,6 +344,7 @@ class CandidatePartial(_Schema):
         received_at: Unix time this worker read the query.
         latency_ms: this worker's ``queue``, ``decode_image``, ``extract`` and ``stage1`` times.
         query_features: what stage 2 needs of the query (in the first message of each worker's answer).
+        notes: approximations this worker made (e.g. query features cut to fit the message size).
         error, error_reason: the query cannot be answered (and why, machine-readable).
         dead_letter: the dead letter the merger publishes for a bad query.
     """
@@ -365,6 +366,7 @@ class CandidatePartial(_Schema):
     received_at: float = Field(default_factory=time.time)
     latency_ms: dict[str, float] = Field(default_factory=dict)
     query_features: QueryFeatures | None = None
+    notes: list[str] = Field(default_factory=list)
     error: str | None = None
     error_reason: str | None = None
     dead_letter: DeadLetter | None = None

@@ -198,25 +198,41 @@ def pack_partials(base: CandidatePartial, lists: list[tuple[int, Candidates, Cov
         return math.ceil(raw * 4 / 3) + len(cands.keys[i].camera_id) + 48
 
     header = len(encode_message(base.model_copy(update={"sections": [], "partitions": []}), source=source).value)
-    budget = int(max_bytes * 0.9) - header - 512
-    if budget <= 0:
+    feats = base.query_features
+    while feats is not None and header > max_bytes // 2 and feats.count > 1:
+        # the query's own features take half the message: keep the strongest half (stage 2 becomes approximate)
+        n = feats.count // 2
+        feats = feats.model_copy(update={"count": n, "descriptors": feats.descriptors[:n * d * 4],
+                                         "keypoints": feats.keypoints[:n * 8]})
+        note = f"query features cut to the strongest {n} to fit kafka.max_message_bytes={max_bytes}"
+        kept = [x for x in base.notes if not x.startswith("query features cut")]
+        base = base.model_copy(update={"query_features": feats, "notes": [*kept, note]})
+        header = len(encode_message(base.model_copy(update={"sections": [], "partitions": []}),
+                                    source=source).value)
+    rest = len(encode_message(base.model_copy(update={"sections": [], "partitions": [], "query_features": None}),
+                              source=source).value)
+    budgets = (int(max_bytes * 0.9) - header - 512, int(max_bytes * 0.9) - rest - 512)  # first message, others
+    if budgets[0] <= 0 or budgets[1] <= 0:
         raise MessageTooLargeError(f"the query features alone exceed kafka.max_message_bytes={max_bytes}")
     messages: list[list[tuple[int, int, int]]] = [[]]  # per message: (list index, start, end)
     used = 0
+
+    def full(size: int) -> bool:
+        return used + size > budgets[0 if len(messages) == 1 else 1]
+
     for li, (_, cands, _) in enumerate(lists):
         start = 0
         n = len(cands)
-        if n == 0:
-            messages[-1].append((li, 0, 0))
-            used += 300
-            continue
         i = 0
-        while i < n:
-            size = est(cands, i) + (300 if i == start else 0)
-            if used + size > budget and (messages[-1] or i > start):
+        while i < n or (n == 0 and i == 0):
+            size = (est(cands, i) if n else 0) + (300 if i == start else 0)
+            if full(size) and (messages[-1] or i > start or len(messages) == 1):
                 if i > start:
                     messages[-1].append((li, start, i))
-                messages.append([])
+                if not messages[-1] and len(messages) > 1:
+                    raise MessageTooLargeError(f"one candidate needs ~{size} bytes, over kafka.max_message_bytes="
+                                               f"{max_bytes}")
+                messages.append([])  # (the first message may carry the query features alone)
                 used, start = 0, i
                 continue
             used += size
@@ -225,7 +241,7 @@ def pack_partials(base: CandidatePartial, lists: list[tuple[int, Candidates, Cov
     out: list[CandidatePartial] = []
     for m, slices in enumerate(messages):
         if not slices and m > 0:
-            continue
+            continue  # (an empty first message still carries the query features)
         sections = [_section(lists[li][0], lists[li][1], s, e, plan, lists[li][2]) for li, s, e in slices]
         partial = base.model_copy(update={
             "sections": sections,
@@ -456,6 +472,7 @@ class _Pending:
     complete: dict[int, tuple[Candidates, Coverage]] = field(default_factory=dict)
     latencies: dict[str, dict[str, float]] = field(default_factory=dict)
     received: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     last_partial: float = 0.0
     error: CandidatePartial | None = None
 
@@ -581,6 +598,7 @@ class MergeLoop:
             return
         if partial.query_features is not None and pend.features is None:
             pend.features = partial.query_features
+        pend.notes += [n for n in partial.notes if n not in pend.notes]
         pend.latencies.setdefault(partial.answer_id, dict(partial.latency_ms))
         pend.received.setdefault(partial.answer_id, partial.received_at)
         for sec in partial.sections:
@@ -646,7 +664,7 @@ class MergeLoop:
 
     def _merge(self, pend: _Pending, note: str | None) -> QueryResult:
         total = self.partitions_total()
-        notes: list[str] = [note] if note else []
+        notes: list[str] = ([note] if note else []) + pend.notes
         latency: dict[str, float] = {}
         for stage in ("queue", "decode_image", "extract", "stage1"):
             values = [lat[stage] for lat in pend.latencies.values() if stage in lat]

@@ -114,3 +114,36 @@ def test_corrupt_chunks_and_bad_queries_are_dead_lettered_while_the_worker_keeps
                               ("query", "unsupported_image")]), got
         assert worker.metrics.value("l2g_dead_letters_total") == 4
     sink.close()
+
+
+def test_cli_publish_and_query_against_a_running_worker(kafka_broker: EmbeddedBroker, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from stream.cli import main
+
+    settings = kafka_settings(kafka_broker, tmp_path, storage={"blob_dir": str(tmp_path / "blobs"),
+                                                               "allowed_ref_roots": [str(tmp_path / "blobs")]},
+                              kafka={"max_message_bytes": 30_000, "max_request_size": 40_000})
+    config = tmp_path / "cli.yaml"
+    data = settings.as_dict()
+    data.pop("runtime")
+    config.write_text(yaml.safe_dump(data))
+    cam = SyntheticCamera(8, 320, 192, world_frames=60)
+    clip = tmp_path / "parking.ts"
+    clip.write_bytes(b"".join(s.data for s in encode_segments(cam.frames(40), FPS, segment_seconds=4.0)))
+    crop = tmp_path / "crop.png"
+    crop.write_bytes(png(cam.frame(20)[32:160, 64:256]))
+    with Worker(settings) as worker:
+        assert worker.wait_ready(30)
+        assert main(["publish", str(clip), "--config", str(config), "--start-time", str(START),
+                     "--segment-seconds", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "published parking:" in out and "as references" in out  # segments over 30 KB went by reference
+        wait_for(lambda: len(worker.index or []) >= 8, 60, "ingest")
+        assert main(["query", str(crop), "--config", str(config), "--k", "3", "--mode", "local",
+                     "--camera", "parking", "--since", str(START), "--until", str(START + 10)]) == 0
+        table = capsys.readouterr().out
+    assert "complete" in table and "parking" in table
+    first = next(line for line in table.splitlines() if line.strip().startswith("1 "))
+    assert first.split()[1:3] == ["parking", "20"], table

@@ -191,3 +191,23 @@ def test_filters_restrict_cameras_and_time(tmp_path: Path) -> None:
     assert {m.camera_id for m in r[q1][0].matches} <= {cams[1]}
     assert all(START + 2.0 <= m.timestamp <= START + 3.0 for m in r[q2][0].matches)
     w.stop()
+
+
+def test_query_features_too_large_for_a_message_are_cut_with_a_note(tmp_path: Path) -> None:
+    broker = MemoryBroker(3)
+    total = load(broker, cameras_on_partitions(1))
+    (w,) = workers(make_settings(tmp_path, kafka={"max_message_bytes": 100_000, "max_request_size": 110_000}),
+                   broker, 1)
+    run_until([w], ingested(broker, [w], total))
+    import cv2
+
+    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(camera_frame(1, 10), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    big = bytes(jpg)  # a whole frame: 256 features, 64 KB of float32 (86 KB in base64)
+    qid = send_query(broker, big, k=2, mode="global_to_local")
+    run_until([w], answered(broker, qid))
+    (res,) = results(broker)[qid]
+    assert res.status == "complete" and res.matches[0].frame == 10
+    assert any(n.startswith("query features cut to the strongest") for n in res.coverage.notes)
+    assert all(len(r.value or b"") <= 100_000 for r in broker.records("l2g.candidates"))
+    w.stop()
