@@ -63,7 +63,7 @@ def _publish(settings, segments, sink, order: str) -> None:  # type: ignore[no-u
             for name, segs in segments.items():
                 mid = len(segs) // 2
                 part = segs[:mid] if half == 0 else segs[mid:]
-                publish_segments(settings, name, part, start_time=START + half * mid, sink=sink)
+                publish_segments(settings, name, part, start_time=START, sink=sink)
     else:
         for name, segs in segments.items():
             publish_segments(settings, name, segs, start_time=START, sink=sink)
