@@ -290,6 +290,8 @@ def run_memory(args: argparse.Namespace, broker: EmbeddedBroker, tmp: Path) -> d
         "rss_mb": {"before_eviction": round(samples[0][1], 1), "steady_start": round(start[1], 1),
                    "steady_middle": round(middle[1], 1), "steady_end": round(end[1], 1)},
         "rss_slope_mb_per_min": round(slope_mb_per_min([(s[0], s[1]) for s in steady]), 2),
+        "rss_slope_second_half_mb_per_min": round(
+            slope_mb_per_min([(s[0], s[1]) for s in steady[len(steady) // 2:]]), 2),
         "index_frames": {"steady_start": start[2], "steady_middle": middle[2], "steady_end": end[2],
                          "max": max(s[2] for s in samples)},
         "frames_indexed": stats.frames_indexed if stats else None, "frames_evicted": end[3],
