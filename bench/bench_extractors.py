@@ -12,6 +12,30 @@
 
 Extractors are given as ``name[:option=value,...]`` (e.g. ``xfeat:global_from=efficientnet``).
 Run: ``python -m bench.bench_extractors [--extractors xfeat rootsift] [--skip-throughput]``; JSON lines on stdout.
+
+Measured 2026-11-22 on the 2-vCPU ``python`` machine (torch 2 threads, no GPU), real video frames:
+
+| extractor | feats/frame | frames/s (best of 3 runs, median batch) | raw / index-flat / IVF-PQ bytes per frame |
+|---|---|---|---|
+| xfeat (1024 kp, 640 px) | ~970 | 28.6 (b1), 26.1 (b8) | 261 120 / 152 896 / 34 112 |
+| xfeat-fast (256 kp, 480 px) | 256 | 38.0 (b1), 38.2 (b8) | 68 864 / 85 312 / 25 920 |
+| efficientnet-gem (512 px) | 0 | 7-10 | 5 120 / 5 184 / 5 184 |
+| rootsift (1000 kp, 640 px) | ~320 | 25.0 (b1), 22.6 (b8) | 169 222 / 168 228 / 42 903 |
+| xfeat + efficientnet global | ~970 | 7.6-9.7 | 265 984 / 157 760 / 38 976 |
+| aliked-n16 (1024 kp, 640 px) | 1024 | 1.0 (640x360), 0.4 (1280x720) | 537 088 / 300 608 / 50 752 |
+
+Frames/s are lower bounds: three other agents shared the two cores (1-minute load 1.4-4), which swings single
+runs by up to 10x. xfeat, efficientnet-gem and rootsift see the same network input at 640x360 and 1280x720
+(``max_side``), so their best figure holds for both sizes. Correctness (deterministic):
+
+| extractor | graf1->graf3 within 5 px (share, count) | box inliers | landmark mAP global / local / l2g |
+|---|---|---|---|
+| xfeat | 0.58, 235 of 408 | 151 of 238 | 85.4 / 89.6 / 91.6 |
+| xfeat-fast | 0.36, 38 of 105 | 29 of 67 | 81.3 / 90.1 / 87.6 |
+| efficientnet-gem | - | - | 96.4 / - / - |
+| rootsift | 0.59, 288 of 490 | 87 of 257 | 78.4 / 82.6 / 76.4 |
+| xfeat + efficientnet global | 0.58 | 151 | 96.4 / 89.6 / 97.3 |
+| aliked-n16 | 0.70, 356 of 509 | 206 of 258 | 87.6 / 99.1 / 96.8 |
 """
 
 from __future__ import annotations
