@@ -74,6 +74,7 @@ class Health:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = 3.0  # a connection that sends no request within this is closed (no thread held by idle clients)
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]

@@ -4,8 +4,11 @@ One :class:`IngestLoop` is a member of the ingest consumer group on the video to
 a camera's chunks stay ordered on one partition). Per poll:
 
 1. **assign** (inside the poll): for each new partition, :meth:`PartitionedIndex.open` loads its snapshot and the
-   consumer seeks to the snapshot's offset (else the group's committed offset, else ``auto_offset_reset``). Frames of
-   a replayed chunk that the index already holds are skipped by frame key, so nothing is lost or indexed twice;
+   consumer seeks to the group's committed offset (commits only follow snapshots, so everything before it is in the
+   snapshot; an older snapshot wins). A snapshot without a committed offset (topic recreated, offsets expired, or a
+   crash between snapshot and commit) replays the partition from its beginning; without either, reading starts at
+   ``auto_offset_reset``. Frames of a replayed chunk that the index already holds are skipped by frame key, so
+   nothing is lost or indexed twice;
 2. **decode** each chunk with PyAV; frames are sampled by event time (:func:`~stream.sampling.keep_frame` at
    ``ingest.sample_fps``), and only kept frames are converted to RGB;
 3. **shed load** without blocking: the :class:`~stream.sampling.LoadShedder` halves the rate while the consumer lag
@@ -115,7 +118,8 @@ class IngestLoop:
         """Join the ingest group on the video topic (the assignment arrives with the first poll)."""
         if self.health is not None:
             self.health.set_condition("ingest_assigned", False)
-        self.source.subscribe([self.settings.topics.video], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.source.subscribe([self.settings.topics.video], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                              on_reset=self._on_reset)
         self._started = True
 
     def close(self) -> None:
@@ -144,26 +148,27 @@ class IngestLoop:
         for part in sorted(parts):
             snapshot_offset = self.index.open(part)
             committed = self.source.committed(part)
-            if snapshot_offset is not None:
-                start: int | None = snapshot_offset
-                if committed is not None and committed > snapshot_offset:
-                    LOG.warning("%s: committed offset %d is past the snapshot's %d; replaying from the snapshot",
-                                part, committed, snapshot_offset)
-            elif committed is not None:
+            frames = len(self.index.get(part))
+            if committed is not None:
+                # the group's offset: every frame before it is in a snapshot (commits follow snapshots)
                 start = committed
-                if self.index.snapshot_root is not None:
-                    LOG.warning("%s has a committed offset (%d) but no snapshot under %s (new extractor or lost "
-                                "snapshots): frames before it are not re-indexed", part, committed,
-                                self.index.snapshot_root)
-            else:
-                start = None
-            if start is not None:
+                if snapshot_offset is not None and snapshot_offset < committed:
+                    LOG.warning("%s: the snapshot (offset %d) is older than the committed offset %d (restored "
+                                "from a backup?); replaying from the snapshot", part, snapshot_offset, committed)
+                    start = snapshot_offset
                 self.source.seek(part, start)
                 self._positions[part] = start
-            if committed is not None:
                 self._committed[part] = committed
-            LOG.info("assigned %s: %d frames from the snapshot, reading from %s", part, len(self.index.get(part)),
-                     start if start is not None else f"the {self.settings.kafka.auto_offset_reset} offset")
+                where = str(start)
+            elif frames:
+                # a snapshot but no committed offset: the topic was recreated, the group's offsets expired, or the
+                # last owner died between snapshot and commit. The snapshot's offset may name other data now, so
+                # replay everything retained; the frames the snapshot holds are skipped by key.
+                self.source.seek_to_beginning(part)
+                where = f"the beginning (snapshot offset {snapshot_offset} not trusted without a committed offset)"
+            else:
+                where = f"the {self.settings.kafka.auto_offset_reset} offset"
+            LOG.info("assigned %s: %d frames from the snapshot, reading from %s", part, frames, where)
         if self.health is not None:
             self.health.set_condition("ingest_assigned", True)
         self._refresh_gauges(force=True)
@@ -182,6 +187,13 @@ class IngestLoop:
                 self.metrics.consumer_lag.labels(part.topic, str(part.partition)).set(0)
             LOG.info("revoked %s", ", ".join(map(str, parts)))
             self._refresh_gauges(force=True)
+
+    def _on_reset(self, parts: Any) -> None:
+        """The topic was recreated: our positions name old data; the source reads these partitions from the start
+        (frames the index holds are skipped by key) and nothing is committed until new records are processed."""
+        for part in parts:
+            self._positions.pop(part, None)
+            LOG.warning("%s was reset: re-reading it from the beginning", part)
 
     # ------------------------------------------------------------------ the loop
     def run_once(self) -> int:
@@ -227,10 +239,10 @@ class IngestLoop:
             done.append(rec)
         if pending:
             self._extract_and_index(pending)
-        for rec in done:
+        for rec in done:  # in offset order per partition (a seek backwards restarts it lower: the last one wins)
             part = rec.tp
             if part in self._positions or part in self.index.partitions():
-                self._positions[part] = max(self._positions.get(part, 0), rec.offset + 1)
+                self._positions[part] = rec.offset + 1
                 self.index.mark_dirty(part)
 
     def _reject(self, rec: Record, exc: BaseException, reason: str | None = None) -> None:
@@ -368,6 +380,8 @@ class IngestLoop:
         t0 = time.perf_counter()
         written = self.index.snapshot(offsets, {"extractor": self.extractor_name, "worker_id": self.worker_id},
                                       only=list(offsets))
+        if self.index.last_failures:  # e.g. disk full: go on ingesting, commit nothing for them, retry next time
+            self.metrics.snapshot_failures.inc(len(self.index.last_failures))
         if not written:
             return []
         self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)

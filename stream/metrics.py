@@ -9,7 +9,8 @@ Counters
     ``l2g_frames_skipped_total{camera,reason}`` (reason: sampling | load_shed | duplicate | corrupt),
     ``l2g_frames_indexed_total{camera}``, ``l2g_queries_total{mode,outcome}`` (outcome: ok | partial | error),
     ``l2g_dead_letters_total{stage,reason}``, ``l2g_chunks_consumed_total{topic,partition}``,
-    ``l2g_index_evicted_frames_total``, ``l2g_rebalances_total``, ``l2g_commits_total``
+    ``l2g_index_evicted_frames_total``, ``l2g_rebalances_total``, ``l2g_commits_total``,
+    ``l2g_snapshot_failures_total`` (a failed snapshot is retried; its offsets are not committed meanwhile)
 Histograms
     ``l2g_query_latency_seconds{stage}`` (stage: queue, decode_image, extract, stage1, stage2, total),
     ``l2g_query_end_to_end_seconds`` (query ``sent_at`` to result published),
@@ -77,6 +78,8 @@ class StreamMetrics:
                                       "Wall-clock time minus the newest indexed frame time.", registry=r)
         self.rebalances = Counter("l2g_rebalances", "Partition assignments received.", registry=r)
         self.commits = Counter("l2g_commits", "Snapshot-and-commit cycles completed.", registry=r)
+        self.snapshot_failures = Counter("l2g_snapshot_failures", "Partition snapshots that failed (retried later).",
+                                         registry=r)
         self.snapshot_seconds = Histogram("l2g_snapshot_seconds", "Time to write one index snapshot.",
                                           buckets=_SNAPSHOT_BUCKETS, registry=r)
         # index

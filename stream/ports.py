@@ -71,8 +71,12 @@ class MessageSource(Protocol):
     """
 
     def subscribe(self, topics: Collection[str], *, on_assign: RebalanceCallback,
-                  on_revoke: RebalanceCallback) -> None:
-        """Join the group for ``topics``; callbacks run inside :meth:`poll` when the assignment changes."""
+                  on_revoke: RebalanceCallback, on_reset: RebalanceCallback | None = None) -> None:
+        """Join the group for ``topics``; callbacks run inside :meth:`poll` when the assignment changes.
+
+        ``on_reset`` (optional) is told of partitions whose log ended before the read position (the topic was
+        recreated): they are read again from their beginning, and positions kept by the caller are stale.
+        """
         ...
 
     def assign_all(self, topic: str, *, from_end: bool) -> list[Partition]:
@@ -89,6 +93,10 @@ class MessageSource(Protocol):
 
     def seek(self, partition: Partition, offset: int) -> None:
         """Read ``partition`` from ``offset`` next."""
+        ...
+
+    def seek_to_beginning(self, partition: Partition) -> None:
+        """Read ``partition`` from its first retained record next."""
         ...
 
     def committed(self, partition: Partition) -> int | None:

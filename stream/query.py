@@ -516,7 +516,7 @@ class MergeLoop:
         if self.health is not None:
             self.health.set_condition("merge_assigned", False)
         self.source.subscribe([self.settings.topics.candidates], on_assign=self._on_assign,
-                              on_revoke=self._on_revoke)
+                              on_revoke=self._on_revoke, on_reset=self._on_reset)
 
     def close(self) -> None:
         """Commit what is answered and leave the group."""
@@ -539,6 +539,12 @@ class MergeLoop:
             del self.pending[qid]  # the new owner re-reads its partials from the committed offset
         for p in revoked:
             self._next_offsets.pop(p, None)
+
+    def _on_reset(self, parts: Any) -> None:
+        for p in parts:  # the candidates topic was recreated: offsets kept for commits are stale
+            self._next_offsets.pop(p, None)
+            for pend in self.pending.values():
+                pend.first_offsets.pop(p, None)
 
     def partitions_total(self) -> frozenset[int]:
         """Partition numbers of the video topic (cached for 10 s)."""
@@ -570,7 +576,7 @@ class MergeLoop:
     def add(self, rec: Record) -> None:
         """Take one partial into the query it belongs to."""
         part = rec.tp
-        self._next_offsets[part] = max(self._next_offsets.get(part, 0), rec.offset + 1)
+        self._next_offsets[part] = rec.offset + 1  # records of a partition come in offset order
         try:
             partial = decode_message(rec.value, rec.headers, CandidatePartial)
         except SchemaError as exc:

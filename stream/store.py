@@ -2,9 +2,9 @@
 
 The index follows the partition: a worker holds one :class:`~l2g_core.RollingIndex` per assigned video partition.
 When a partition moves (rebalance, crash, scale-out) its new owner loads the partition's last snapshot from the
-shared snapshot directory and replays the topic from ``max(snapshot offset, committed offset)``; frames already
-in the snapshot are skipped by frame key. Each frame therefore lives on exactly one worker, and the answers of
-several workers to one query can simply be merged.
+shared snapshot directory and replays the topic from the group's committed offset (see :mod:`stream.ingest`);
+frames already in the snapshot are skipped by frame key. Each frame therefore lives on exactly one worker, and the
+answers of several workers to one query can simply be merged.
 
 Snapshot layout::
 
@@ -88,6 +88,7 @@ class PartitionedIndex:
         self._lock = threading.Lock()
         self._indexes: dict[Partition, RollingIndex] = {}
         self._dirty: set[Partition] = set()
+        self.last_failures: dict[Partition, BaseException] = {}
 
     @classmethod
     def from_settings(cls, settings: IndexSettings, *, extractor: str, options: dict[str, Any], local_dim: int,
@@ -205,8 +206,10 @@ class PartitionedIndex:
             only: restrict to these partitions (e.g. the ones being revoked).
 
         Returns:
-            The partitions written.
+            The partitions written. A partition whose snapshot fails (disk full, I/O error) is logged, stays dirty
+            and is listed in :attr:`last_failures`; the others are still written.
         """
+        self.last_failures = {}
         if self.snapshot_root is None:
             return []
         with self._lock:
@@ -216,10 +219,15 @@ class PartitionedIndex:
         for part in todo:
             path = self._path(part)
             assert path is not None
-            path.parent.mkdir(parents=True, exist_ok=True)
             meta = {**metadata, "topic": part.topic, "partition": part.partition, "offset": offsets[part],
                     "saved_at": time.time()}
-            indexes[part].save(path, metadata=meta)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                indexes[part].save(path, metadata=meta)
+            except Exception as exc:  # the previous snapshot stays valid (writes are atomic); retried next time
+                LOG.error("snapshot of %s to %s failed: %s", part, path, exc)
+                self.last_failures[part] = exc
+                continue
             with self._lock:
                 self._dirty.discard(part)
             written.append(part)

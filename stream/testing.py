@@ -155,8 +155,8 @@ class MemorySource:
         self.closed = False
 
     def subscribe(self, topics: Collection[str], *, on_assign: RebalanceCallback,
-                  on_revoke: RebalanceCallback) -> None:
-        """Join the group for ``topics``; the assignment arrives with the next poll."""
+                  on_revoke: RebalanceCallback, on_reset: RebalanceCallback | None = None) -> None:
+        """Join the group for ``topics``; the assignment arrives with the next poll (topics are never reset)."""
         self._topics = list(topics)
         self._callbacks = (on_assign, on_revoke)
         for t in self._topics:
@@ -223,6 +223,10 @@ class MemorySource:
     def seek(self, partition: Partition, offset: int) -> None:
         """Read ``partition`` from ``offset`` next."""
         self._positions[partition] = offset
+
+    def seek_to_beginning(self, partition: Partition) -> None:
+        """Read ``partition`` from offset 0 next."""
+        self._positions[partition] = 0
 
     def position(self, partition: Partition) -> int | None:
         """The next offset to read of ``partition`` (None when not assigned)."""

@@ -99,6 +99,8 @@ class KafkaSource:
         self._end_checked = 0.0
         self._ends: dict[Partition, int] = {}
         self._on_assign: RebalanceCallback | None = None
+        self._on_reset: RebalanceCallback | None = None
+        self._reset_checked = 0.0
         self._pending_assign: set[Partition] = set()
         self._assign_generation = 0
         self._sought: set[Partition] = set()
@@ -106,11 +108,12 @@ class KafkaSource:
 
     # ------------------------------------------------------------------ membership
     def subscribe(self, topics: Collection[str], *, on_assign: RebalanceCallback,
-                  on_revoke: RebalanceCallback) -> None:
+                  on_revoke: RebalanceCallback, on_reset: RebalanceCallback | None = None) -> None:
         """Join the group for ``topics``; the callbacks run inside :meth:`poll` (``on_revoke`` on the client's IO
-        thread, where :meth:`commit` does not wait; ``on_assign`` in the polling thread, before any record of the new
-        partitions is returned)."""
+        thread, where :meth:`commit` does not wait; ``on_assign`` and ``on_reset`` in the polling thread, before any
+        record of those partitions is returned)."""
         self._on_assign = on_assign
+        self._on_reset = on_reset
         self._consumer.subscribe(list(topics), listener=_Listener(self, on_assign, on_revoke))
 
     def assign_all(self, topic: str, *, from_end: bool) -> list[Partition]:
@@ -158,6 +161,7 @@ class KafkaSource:
         fresh: set[Partition] = set()
         if self._assign_generation != generation or self._pending_assign:
             fresh = self._deliver_assignment()
+        fresh |= self._check_resets()
         out: list[Record] = []
         for tp in sorted(batches, key=lambda t: (t.topic, t.partition)):
             part = _part(tp)
@@ -172,6 +176,32 @@ class KafkaSource:
                 self._positions[_part(tp)] = batches[tp][-1].offset + 1
         return out
 
+    def _check_resets(self) -> set[Partition]:
+        """Partitions whose log now ends before our position (recreated topic): read again from their beginning.
+
+        A Kafka broker answers such a fetch with OFFSET_OUT_OF_RANGE and the client resets; tansu answers with an
+        empty batch and its (smaller) high watermark, so the consumer would wait for offsets that the new log reaches
+        only later and skip everything before. The high watermark of fetch responses is exact on tansu (its
+        ListOffsets is not).
+        """
+        now = time.monotonic()
+        if now - self._reset_checked < 1.0:
+            return set()
+        self._reset_checked = now
+        reset: set[Partition] = set()
+        for tp in self._consumer.assignment():
+            part = _part(tp)
+            high = self._consumer.highwater(tp)
+            pos = self._positions.get(part)
+            if high is not None and pos is not None and int(high) < pos:
+                LOG.warning("%s ends at %d, before the read position %d: the topic was recreated; reading it again "
+                            "from the beginning", part, high, pos)
+                self.seek_to_beginning(part)
+                reset.add(part)
+        if reset and self._on_reset is not None:
+            self._on_reset(sorted(reset))
+        return reset
+
     def _deliver_assignment(self) -> set[Partition]:
         parts = set(self._pending_assign) & self.assignment()
         self._pending_assign.clear()
@@ -184,6 +214,12 @@ class KafkaSource:
         """Read ``partition`` from ``offset`` next."""
         self._consumer.seek(_tp(partition), offset)
         self._positions[partition] = offset
+        self._sought.add(partition)
+
+    def seek_to_beginning(self, partition: Partition) -> None:
+        """Read ``partition`` from its first retained record next."""
+        self._consumer.seek_to_beginning(_tp(partition))
+        self._positions.pop(partition, None)
         self._sought.add(partition)
 
     def committed(self, partition: Partition) -> int | None:

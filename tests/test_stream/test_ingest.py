@@ -241,3 +241,40 @@ def test_dead_letter_value_is_base64_in_json(broker: MemoryBroker, settings: Set
     drain(loop, broker)
     raw = json.loads(broker.records("l2g.dead-letters")[0].value or b"")
     assert base64.b64decode(raw["original_value"]) == b"\xff\xfe"
+
+
+def test_a_snapshot_without_a_committed_offset_replays_the_partition_from_the_start(
+        tmp_path: Path, broker: MemoryBroker) -> None:
+    """The topic was recreated (or the group's offsets expired): the snapshot's offset may name other chunks now."""
+    settings = make_settings(tmp_path)
+    chunks = camera_chunks("cam-a", 1, frames=80)
+    publish(broker, "l2g.video", chunks[:2])
+    loop, _ = build(settings, broker, "w1")
+    drain(loop, broker)
+    loop.close()  # snapshot at offset 2, committed 2
+    fresh = MemoryBroker(3)  # the recreated topic: no committed offsets, the chunks replayed in another order
+    publish(fresh, "l2g.video", [chunks[3], chunks[2], chunks[1], chunks[0]])
+    loop2, metrics2 = build(settings, fresh, "w2")
+    drain(loop2, fresh)
+    assert sorted(index_keys(loop2.index)) == sorted(expected_keys("cam-a", 80))
+    assert metrics2.value("l2g_frames_indexed_total") == 8  # the snapshot's 8 frames are skipped by key
+    assert metrics2.value("l2g_frames_skipped_total", {"reason": "duplicate"}) == 8
+
+
+def test_a_failed_snapshot_is_retried_and_commits_nothing_meanwhile(
+        tmp_path: Path, broker: MemoryBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = make_settings(tmp_path)
+    publish(broker, "l2g.video", camera_chunks("cam-a", 1))
+    loop, metrics = build(settings, broker)
+    drain(loop, broker)
+
+    def full(self: RollingIndex, path: object, metadata: object = None) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RollingIndex, "save", full)
+    assert loop.checkpoint() == []  # no exception: ingest and queries go on
+    assert metrics.value("l2g_snapshot_failures_total") == 1
+    assert all(broker.committed(settings.ingest.group_id, p) is None for p in broker.partitions_of("l2g.video"))
+    monkeypatch.undo()
+    assert loop.checkpoint() != []  # the partition stayed dirty: written and committed once the disk is back
+    assert sum(broker.committed(settings.ingest.group_id, p) or 0 for p in broker.partitions_of("l2g.video")) == 2
