@@ -349,10 +349,14 @@ class IngestLoop:
         for (part, camera), (keys, feats) in groups.items():
             if part not in self.index.partitions():
                 continue
+            before = len(self.index.get(part))
             try:
                 added = self.index.add(part, keys, feats)
             except ValueError as exc:  # a dimension mismatch: the extractor is misconfigured, not the data
                 raise RuntimeError(f"cannot add frames to the index of {part}: {exc}") from exc
+            evicted = before + added - len(self.index.get(part))  # RollingIndex.add applies retention itself
+            if evicted > 0:
+                self.metrics.index_evicted.inc(evicted)
             self.stats.frames_indexed += added
             self.metrics.frames_indexed.labels(camera).inc(added)
             if added < len(keys):
@@ -366,6 +370,11 @@ class IngestLoop:
 
         Without ``index.snapshot_dir`` nothing is written or committed (a commit would claim frames that live only in
         memory). Returns the partitions committed.
+
+        Raises:
+            Exception: a snapshot failed (disk full, I/O error; counted in ``l2g_snapshot_failures_total``). The
+                partitions written are committed, the others are not and stay dirty; the worker logs it and goes on
+                (the next checkpoint retries).
         """
         self._last_checkpoint = time.monotonic()
         evicted = self.index.evict_expired()
@@ -378,19 +387,24 @@ class IngestLoop:
         if not offsets:
             return []
         t0 = time.perf_counter()
-        written = self.index.snapshot(offsets, {"extractor": self.extractor_name, "worker_id": self.worker_id},
-                                      only=list(offsets))
-        if self.index.last_failures:  # e.g. disk full: go on ingesting, commit nothing for them, retry next time
-            self.metrics.snapshot_failures.inc(len(self.index.last_failures))
-        if not written:
-            return []
-        self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
-        commit = {p: offsets[p] for p in written}
-        self.source.commit(commit)
-        self._committed.update(commit)
-        self.metrics.commits.inc()
-        self.stats.checkpoints += 1
-        LOG.debug("checkpoint: %s", ", ".join(f"{p}@{o}" for p, o in sorted(commit.items())))
+        failure: Exception | None = None
+        try:
+            written = self.index.snapshot(offsets, {"extractor": self.extractor_name, "worker_id": self.worker_id},
+                                          only=list(offsets))
+        except Exception as exc:  # e.g. disk full: commit what was written; the rest stays dirty and is retried
+            failure = exc
+            written = list(self.index.last_written)
+            self.metrics.snapshot_failures.inc(max(1, len(self.index.last_failures)))
+        if written:
+            self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
+            commit = {p: offsets[p] for p in written}
+            self.source.commit(commit)
+            self._committed.update(commit)
+            self.metrics.commits.inc()
+            self.stats.checkpoints += 1
+            LOG.debug("checkpoint: %s", ", ".join(f"{p}@{o}" for p, o in sorted(commit.items())))
+        if failure is not None:
+            raise failure
         return written
 
     def _refresh_gauges(self, force: bool = False) -> None:

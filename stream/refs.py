@@ -19,11 +19,19 @@ __all__ = ["resolve_ref", "write_blob"]
 
 
 def _ref_path(ref: str) -> Path:
+    if "\x00" in ref:
+        raise ReferenceError_("reference contains a NUL byte", reason="ref_not_allowed")
     if ref.startswith("file:"):
-        parsed = urlparse(ref)
+        try:
+            parsed = urlparse(ref)
+        except ValueError as exc:  # e.g. "Invalid IPv6 URL"
+            raise ReferenceError_(f"malformed reference {ref[:200]!r}: {exc}", reason="ref_not_allowed") from exc
         if parsed.netloc not in ("", "localhost"):
             raise ReferenceError_(f"reference {ref!r} names a remote host", reason="ref_not_allowed")
-        return Path(unquote(parsed.path))
+        path = unquote(parsed.path)
+        if "\x00" in path:
+            raise ReferenceError_("reference contains a NUL byte", reason="ref_not_allowed")
+        return Path(path)
     if "://" in ref:
         raise ReferenceError_(f"unsupported reference scheme in {ref!r} (only file:// is read)",
                               reason="ref_not_allowed")
@@ -49,7 +57,10 @@ def resolve_ref(ref: str, storage: StorageSettings) -> bytes:
         raise ReferenceError_(f"reference {ref!r} is not an absolute path", reason="ref_not_allowed")
     if not storage.allowed_ref_roots:
         raise ReferenceError_("references are disabled (storage.allowed_ref_roots is empty)", reason="ref_not_allowed")
-    real = Path(os.path.realpath(path))
+    try:
+        real = Path(os.path.realpath(path))
+    except (ValueError, OSError) as exc:
+        raise ReferenceError_(f"reference {ref[:200]!r} cannot be resolved: {exc}", reason="ref_not_allowed") from exc
     roots = [Path(os.path.realpath(r)) for r in storage.allowed_ref_roots]
     if not any(real == root or root in real.parents for root in roots):
         raise ReferenceError_(f"reference {ref!r} is outside the allowed roots", reason="ref_not_allowed")

@@ -89,6 +89,7 @@ class PartitionedIndex:
         self._indexes: dict[Partition, RollingIndex] = {}
         self._dirty: set[Partition] = set()
         self.last_failures: dict[Partition, BaseException] = {}
+        self.last_written: list[Partition] = []
 
     @classmethod
     def from_settings(cls, settings: IndexSettings, *, extractor: str, options: dict[str, Any], local_dim: int,
@@ -206,10 +207,15 @@ class PartitionedIndex:
             only: restrict to these partitions (e.g. the ones being revoked).
 
         Returns:
-            The partitions written. A partition whose snapshot fails (disk full, I/O error) is logged, stays dirty
-            and is listed in :attr:`last_failures`; the others are still written.
+            The partitions written (also in :attr:`last_written`).
+
+        Raises:
+            Exception: the first failure (``SnapshotError``, ``OSError``: disk full, I/O error) after the other
+                partitions were written; every failed partition stays dirty (its previous snapshot stays valid) and is
+                listed in :attr:`last_failures`, so the next call retries it.
         """
         self.last_failures = {}
+        self.last_written = []
         if self.snapshot_root is None:
             return []
         with self._lock:
@@ -231,6 +237,9 @@ class PartitionedIndex:
             with self._lock:
                 self._dirty.discard(part)
             written.append(part)
+        self.last_written = written
+        if self.last_failures:
+            raise next(iter(self.last_failures.values()))
         return written
 
     # ------------------------------------------------------------------ reads

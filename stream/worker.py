@@ -28,6 +28,7 @@ from importlib.metadata import PackageNotFoundError, version
 from types import FrameType
 from typing import Any, Protocol
 
+from l2g_core import SnapshotError
 from stream.deadletter import DeadLetterPublisher
 from stream.errors import BrokerError, ConfigurationError
 from stream.health import Health, HealthServer
@@ -250,6 +251,11 @@ class Worker:
                     backoff = 0.5
                 except BrokerError as exc:
                     LOG.warning("%s loop: %s (retrying in %.1f s)", name, exc, backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                except (OSError, SnapshotError) as exc:  # a checkpoint failed (disk full): serve on, retry later
+                    LOG.error("%s loop: snapshot failed (%s); nothing committed for it, retrying at the next "
+                              "checkpoint", name, exc)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
         except BaseException as exc:

@@ -109,3 +109,10 @@ def test_corrupt_frames_are_counted_not_returned() -> None:
     buf = io.BytesIO(seg.data[:2000] + bytes(range(256)) * 8)
     with pytest.raises(VideoDecodeError):
         decode_chunk(buf.getvalue())
+
+
+def test_malformed_references_are_reference_errors(tmp_path: Path) -> None:
+    storage = StorageSettings(allowed_ref_roots=[tmp_path])
+    for ref in (f"{tmp_path}/a\x00b", f"file://{tmp_path}/a%00b", "file://[::1/seg.ts"):
+        with pytest.raises(ReferenceError_):
+            resolve_ref(ref, storage)

@@ -85,3 +85,32 @@ def test_unknown_extractor_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="nope"):
         worker.open()
     worker.stop()
+
+
+def test_a_failing_snapshot_does_not_stop_the_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from l2g_core import RollingIndex
+
+    broker = MemoryBroker(3)
+    worker = Worker(make_settings(tmp_path, ingest={"commit_interval_s": 0.05}), connector=MemoryConnector(broker))
+
+    def full(self: RollingIndex, path: object, metadata: object = None) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RollingIndex, "save", full)
+    worker.start()
+    try:
+        publish(broker, "l2g.video", camera_chunks("cam-a", 1))
+        deadline = time.monotonic() + 20
+        while worker.metrics.value("l2g_snapshot_failures_total") < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert worker.metrics.value("l2g_snapshot_failures_total") >= 2  # retried
+        assert not worker.stopping and worker.error is None
+        qid = send_query(broker, png(camera_frame(1, 10)[32:160, 64:256]), k=2, mode="local")
+        while qid not in results(broker) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert results(broker)[qid][0].matches[0].frame == 10  # still answering
+        assert all(broker.committed("l2g-ingest", p) is None for p in broker.partitions_of("l2g.video"))
+    finally:
+        monkeypatch.undo()
+        worker.stop()
+    assert sum(broker.committed("l2g-ingest", p) or 0 for p in broker.partitions_of("l2g.video")) == 2
