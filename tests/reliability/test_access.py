@@ -420,18 +420,15 @@ def test_http_survives_garbage_and_idle_connections(server: HealthServer) -> Non
         s.close()
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "stream.health._Handler sets no socket timeout: a client that connects and sends nothing holds a server "
-    "thread forever (slowloris); each idle connection costs a thread until the worker restarts"))
 def test_http_closes_idle_connections(server: HealthServer) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+    """A client that connects and sends nothing does not hold a server thread for long (slowloris)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         t0 = time.monotonic()
         try:
-            data = s.recv(1)  # the server should close (b"") or answer 408 within its timeout
+            data = s.recv(1)  # the server closes (b"") or answers 408 within its timeout
         except TimeoutError:
             data = None
-        assert data is not None and time.monotonic() - t0 < 5
+        assert data is not None and time.monotonic() - t0 < 10
 
 
 def test_default_http_host_is_all_interfaces() -> None:
