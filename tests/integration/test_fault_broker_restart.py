@@ -165,25 +165,18 @@ def test_broker_restart_mid_ingest_loses_and_duplicates_no_frame(same_order: dic
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, reason=(
-    "after a broker restart that loses producer state (tansu memory storage; on a real cluster, lost partitions), "
-    "the worker's idempotent KafkaSink fails every send to a partition it wrote before "
-    "(OutOfOrderSequenceNumberError; the epoch bump then fails with InitProducerId UnknownError and later sends fail "
-    "too) and is never recreated: queries are read and searched but their partials or results are never published "
-    "(0 to 3 of 4 answered in three runs). stream.kafka.producer / the query loops should rebuild the producer on "
-    "a fatal producer error"))
 def test_broker_restart_queries_are_answered_afterwards(same_order: dict[str, object]) -> None:
+    """The worker's producer had written the partition of ``PRE_OUTAGE``'s key: its sequence numbers are ahead of the
+    new broker's (OutOfOrderSequenceNumberError) and the epoch bump fails; the producer must be replaced (fixed in
+    06a93a0: before, 0 to 3 of 4 queries were answered)."""
     assert same_order["queries_answered_after_restart"] == {"fresh": 2, "reused": 2}, same_order["query_failures"]
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, reason=(
-    "stream.ingest trusts a snapshot's offset when the group has no committed offset: after the topic is recreated "
-    "(tansu restart, or a topic deleted and recreated on a real cluster) and the source replays the same chunks in "
-    "another interleaving, offset N names another chunk and every chunk before N that was not in the snapshot is "
-    "skipped for good (measured: 40 of 200 frames lost). Replaying from the earliest offset when the committed offset "
-    "is missing would be safe (frames are deduplicated by key)"))
 def test_broker_restart_mid_ingest_replayed_in_another_order(tmp_path: Path) -> None:
+    """Offsets of the recreated topic name other chunks than the snapshot's offset did: without a committed offset
+    the partition must be replayed from its start (fixed in 06a93a0: before, 40 of 200 frames were lost)."""
     out = _scenario(tmp_path, "per_camera")
     assert out["snapshot_duplicates"] == 0
-    assert out["index_frames"] == out["frames_total"], "frames lost after the replay"
+    assert out["index_frames"] == out["frames_total"] == out["snapshot_frames"], "frames lost after the replay"
+    assert out["queries_answered_after_restart"] == {"fresh": 2, "reused": 2}, out["query_failures"]
