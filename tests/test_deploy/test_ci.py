@@ -1,4 +1,5 @@
-"""``.ci/run``: strict bash, the README's `make test`, and promtool checks of every Prometheus file."""
+"""``.ci/run``: strict bash, the README's `make test`, promtool checks of every Prometheus file, and the tools the
+deploy tests need (promtool, Go for the Helm renderer) installed first."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def _commands() -> list[str]:
     lines, in_function = [], False
     for raw in CI.read_text(encoding="utf-8").splitlines():
         line = raw.strip()
-        if line.startswith("ensure_promtool() {"):
+        if line.startswith("apt_install() {"):
             in_function = True
         elif in_function and raw.startswith("}"):
             in_function = False
@@ -47,30 +48,34 @@ def test_runs_make_test_and_promtool() -> None:
     for command in expected:
         assert command in commands
         assert Path(ROOT / command.split()[-1]).is_file()
-    # promtool is installed before the tests run, so the promtool tests do not skip in CI.
-    assert commands.index("ensure_promtool") < commands.index("make test")
+    # promtool and Go are installed before the tests run, so the promtool and Helm tests do not skip in CI.
+    assert commands.index("apt_install promtool prometheus") < commands.index("make test")
+    assert commands.index("apt_install go golang-go") < commands.index("make test")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "make test" in readme
 
 
-def test_installs_promtool_without_recommends() -> None:
+def test_installs_without_recommends() -> None:
     text = CI.read_text(encoding="utf-8")
-    assert "apt-get install -y -qq --no-install-recommends prometheus" in text
+    assert 'apt-get install -y -qq --no-install-recommends "$package"' in text
     assert "sudo -n" in text
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 def test_install_path_with_fake_apt(tmp_path: Path) -> None:
-    """Run ``ensure_promtool`` with promtool absent and a fake ``apt-get`` that 'installs' it."""
-    function = CI.read_text(encoding="utf-8").split("ensure_promtool() {", 1)[1].split("\n}\n", 1)[0]
+    """Run ``apt_install`` for promtool and go, both absent, with a fake ``apt-get`` that 'installs' them:
+    one ``apt-get update`` for both, then one install each; an installed tool is left alone."""
+    function = CI.read_text(encoding="utf-8").split("apt_install() {", 1)[1].split("\n}\n", 1)[0]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "apt.log"
     (bin_dir / "apt-get").write_text(
         "#!/bin/sh\n"
         f'echo "$@" >> {log}\n'
-        f'case "$*" in *install*) printf "#!/bin/sh\\necho promtool\\n" > {bin_dir}/promtool;'
-        f" chmod +x {bin_dir}/promtool;; esac\n")
+        'case "$*" in\n'
+        f'  *install*prometheus) printf "#!/bin/sh\\n" > {bin_dir}/promtool; chmod +x {bin_dir}/promtool;;\n'
+        f'  *install*golang-go) printf "#!/bin/sh\\n" > {bin_dir}/go; chmod +x {bin_dir}/go;;\n'
+        "esac\n")
     (bin_dir / "apt-get").chmod(0o755)
     (bin_dir / "id").write_text("#!/bin/sh\necho 0\n")  # act as root: no sudo
     (bin_dir / "id").chmod(0o755)
@@ -78,13 +83,14 @@ def test_install_path_with_fake_apt(tmp_path: Path) -> None:
         target = shutil.which(tool)
         assert target is not None
         (bin_dir / tool).symlink_to(target)
-    script = f"set -euo pipefail\nensure_promtool() {{{function}\n}}\nensure_promtool\n"
+    script = (f"set -euo pipefail\napt_install() {{{function}\n}}\n"
+              "apt_install promtool prometheus\napt_install go golang-go\napt_install go golang-go\n")
     bash = shutil.which("bash")
     assert bash is not None
     proc = subprocess.run([bash, "-c", script], env={"PATH": str(bin_dir)}, capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
-    assert calls[0] == "update -qq"
-    assert calls[1] == "install -y -qq --no-install-recommends prometheus"
-    assert (bin_dir / "promtool").is_file()
+    assert calls == ["update -qq", "install -y -qq --no-install-recommends prometheus",
+                     "install -y -qq --no-install-recommends golang-go"]
+    assert (bin_dir / "promtool").is_file() and (bin_dir / "go").is_file()
