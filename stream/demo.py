@@ -19,7 +19,7 @@ import logging
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from stream.errors import ConfigurationError
+from stream.messages import Match
 from stream.sampling import keep_frame
 from stream.settings import Settings
 from stream.video import Segment, SyntheticCamera, encode_segments, segment_file
@@ -160,6 +161,23 @@ def _query_image(cam: _Camera, rate: float, max_side: int) -> tuple[bytes, int, 
     return bytes(buf), seg.first_frame + frame.index, start + frame.offset
 
 
+def _verdict(matches: Sequence[Match], camera_id: str, frame: int, timestamp: float) -> str:
+    """One line: is the top match the frame the crop was cut from; if not, how far from it in time, and at
+    which rank that frame came (neighbouring sampled frames of a slow pan show most of the same crop)."""
+    if not matches:
+        return f"no match: the crop was cut from {camera_id} frame {frame}"
+    top = matches[0]
+    if (top.camera_id, top.frame) == (camera_id, frame):
+        return f"top match IS the frame the crop was cut from ({camera_id} frame {frame})"
+    rank = next((i for i, m in enumerate(matches, 1) if (m.camera_id, m.frame) == (camera_id, frame)), None)
+    where = f"{camera_id} frame {frame} is " + (f"#{rank}" if rank else f"not in the top {len(matches)}")
+    if top.camera_id != camera_id:
+        return f"top match is on the WRONG camera ({top.camera_id}); {where}"
+    dt = top.timestamp - timestamp
+    return (f"top match is the right camera, {abs(dt):.1f} s {'after' if dt > 0 else 'before'} the frame the crop "
+            f"was cut from; {where}")
+
+
 def _metrics_excerpt(url: str | None) -> Iterator[str]:
     if url is None:
         return
@@ -247,10 +265,7 @@ def run_demo(args: argparse.Namespace, base: Settings) -> int:
                 result = client.ask(image, timeout_s=10.0, k=args.k, mode=args.mode)
             print()
             print(format_result(result, expected=(target.camera_id, frame)))
-            top = result.matches[0] if result.matches else None
-            found = top is not None and (top.camera_id, top.frame) == (target.camera_id, frame)
-            print(f"\ntop match {'IS' if found else 'is NOT'} the frame the crop was cut from "
-                  f"({target.camera_id} frame {frame})")
+            print(f"\n{_verdict(result.matches, target.camera_id, frame, t)}")
             print("\n/metrics excerpt:")
             for line in _metrics_excerpt(worker.http_url):
                 print(f"  {line}")
