@@ -13,13 +13,14 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream import messages
 from stream.errors import BadInputError, SchemaError
-from stream.messages import DeadLetter, Query, QueryResult, VideoChunk, decode_message, encode_message
+from stream.messages import CandidatePartial, DeadLetter, Query, QueryResult, VideoChunk, decode_message, encode_message
 
 # every schema the module can decode (CandidatePartial and future kinds are picked up automatically)
 SCHEMAS: list[type[Any]] = sorted(set(messages._BY_KIND.values()), key=lambda c: c.__name__)
@@ -69,14 +70,24 @@ def _valid(schema: type[Any]) -> dict[str, Any]:
     if schema is DeadLetter:
         return {"kind": "dead_letter", "stage": "ingest", "reason": "x", "error_class": "E", "error_message": "m",
                 "original_topic": "t", "original_partition": 0, "original_offset": 1, "original_value": payload}
-    kind = schema.model_fields["kind"].default
-    return {"kind": kind}
+    if schema is CandidatePartial:  # two candidates (2-D local, 2-D global), one carrying two descriptors
+        def b64(values: list[float], dtype: str) -> str:
+            return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode()
+
+        section = {"partition": 0, "total": 2, "cameras": ["c", "c"], "timestamps": [1.0, 2.0], "sequences": [1, 2],
+                   "scores": b64([0.9, 0.5], "<f4"), "global_descriptors": b64([1, 0, 0, 1], "<f4"),
+                   "descriptor_counts": [2, 0], "descriptors": b64([1, 0, 0, 1], "<f2"),
+                   "keypoints": b64([1, 2, 3, 4], "<f4"), "coverage": {"frames_searched": 2, "frames_total": 2}}
+        features = {"count": 1, "descriptors": b64([1, 0], "<f4"), "keypoints": b64([5, 6], "<f4"),
+                    "global_descriptor": b64([0, 1], "<f4")}
+        return {"kind": "candidate_partial", "query_id": "q1", "worker_id": "w", "answer_id": "a", "mode": "l2g",
+                "k": 5, "local_dim": 2, "global_dim": 2, "video_topic": "v", "partitions": [0],
+                "sections": [section], "deadline": 2e9, "query_features": features}
+    raise AssertionError(f"no valid example for {schema.__name__}: add one here")
 
 
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda c: c.__name__)
 def test_the_valid_examples_decode(schema: type[Any]) -> None:
-    if schema not in (VideoChunk, Query, QueryResult, DeadLetter):
-        pytest.skip("no hand-written valid example for this schema")
     _check(json.dumps(_valid(schema)).encode(), None, schema)
     assert isinstance(decode_message(json.dumps(_valid(schema)).encode(), None, schema), schema)
 
