@@ -13,20 +13,21 @@
 Extractors are given as ``name[:option=value,...]`` (e.g. ``xfeat:global_from=efficientnet``).
 Run: ``python -m bench.bench_extractors [--extractors xfeat rootsift] [--skip-throughput]``; JSON lines on stdout.
 
-Measured 2026-11-22 on the 2-vCPU ``python`` machine (torch 2 threads, no GPU), real video frames:
+Measured 2026-12-02 on the 2-vCPU ``python`` machine (torch 2 threads, no GPU), real video frames, nothing else
+running (1-minute load 0.3-1.5):
 
-| extractor | feats/frame | frames/s (best of 3 runs, median batch) | raw / index-flat / IVF-PQ bytes per frame |
-|---|---|---|---|
-| xfeat (1024 kp, 640 px) | ~970 | 28.6 (b1), 26.1 (b8) | 261 120 / 152 896 / 34 112 |
-| xfeat-fast (256 kp, 480 px) | 256 | 38.0 (b1), 38.2 (b8) | 68 864 / 85 312 / 25 920 |
-| efficientnet-gem (512 px) | 0 | 7-10 | 5 120 / 5 184 / 5 184 |
-| rootsift (1000 kp, 640 px) | ~320 | 25.0 (b1), 22.6 (b8) | 169 222 / 168 228 / 42 903 |
-| xfeat + efficientnet global | ~970 | 7.6-9.7 | 265 984 / 157 760 / 38 976 |
-| aliked-n16 (1024 kp, 640 px) | 1024 | 1.0 (640x360), 0.4 (1280x720) | 537 088 / 300 608 / 50 752 |
+| extractor | feats/frame | frames/s at 640x360 (b1 / b8) | at 1280x720 (b1 / b8) | raw / index-flat / IVF-PQ bytes per frame |
+|---|---|---|---|---|
+| xfeat (1024 kp, 640 px) | ~970 | 41.6 / 47.1 | 40.3 / 40.4 | 261 120 / 152 896 / 34 112 |
+| xfeat-fast (256 kp, 480 px) | 256 | 75.5 / 75.0 | 58.3 / 58.2 | 68 864 / 85 312 / 25 920 |
+| efficientnet-gem (512 px) | 0 | 20.9 / 21.7 | 29.6 / 29.9 | 5 120 / 5 184 / 5 184 |
+| rootsift (1000 kp, 640 px) | ~360 | 19.9 / 19.9 | 31.5 / 31.8 | 169 222 / 168 228 / 42 903 |
+| xfeat + efficientnet global | ~975 | 14.7 / 14.9 | 17.4 / 17.3 | 265 984 / 157 760 / 38 976 |
+| aliked-n16 (1024 kp, 640 px) | 1024 | 1.66 / 1.52 | 1.66 / 1.51 | 537 088 / 300 608 / 50 752 |
 
-Frames/s are lower bounds: three other agents shared the two cores (1-minute load 1.4-4), which swings single
-runs by up to 10x. xfeat, efficientnet-gem and rootsift see the same network input at 640x360 and 1280x720
-(``max_side``), so their best figure holds for both sizes. Correctness (deterministic):
+(Measured 2026-11-22 with three other agents on the two cores: xfeat 28.6 / 26.1, rootsift 25.0 / 22.6 at 640x360.)
+xfeat, efficientnet-gem and rootsift see the same network input at 640x360 and 1280x720 (``max_side``); the
+differences between the two sizes are decode-side resizing and run-to-run noise (about 15 %). Correctness (deterministic):
 
 | extractor | graf1->graf3 within 5 px (share, count) | box inliers | landmark mAP global / local / l2g |
 |---|---|---|---|
