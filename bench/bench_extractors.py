@@ -16,7 +16,7 @@ Run: ``python -m bench.bench_extractors [--extractors xfeat rootsift] [--skip-th
 Measured 2026-12-02 on the 2-vCPU ``python`` machine (torch 2 threads, no GPU), real video frames, nothing else
 running (1-minute load 0.3-1.5):
 
-| extractor | feats/frame | frames/s at 640x360 (b1 / b8) | at 1280x720 (b1 / b8) | raw / index-flat / IVF-PQ bytes per frame |
+| extractor | feats/frame | fps 640x360 (b1 / b8) | fps 1280x720 (b1 / b8) | raw / index-flat / IVF-PQ bytes/frame |
 |---|---|---|---|---|
 | xfeat (1024 kp, 640 px) | ~970 | 41.6 / 47.1 | 40.3 / 40.4 | 261 120 / 152 896 / 34 112 |
 | xfeat-fast (256 kp, 480 px) | 256 | 75.5 / 75.0 | 58.3 / 58.2 | 68 864 / 85 312 / 25 920 |
@@ -27,7 +27,8 @@ running (1-minute load 0.3-1.5):
 
 (Measured 2026-11-22 with three other agents on the two cores: xfeat 28.6 / 26.1, rootsift 25.0 / 22.6 at 640x360.)
 xfeat, efficientnet-gem and rootsift see the same network input at 640x360 and 1280x720 (``max_side``); the
-differences between the two sizes are decode-side resizing and run-to-run noise (about 15 %). Correctness (deterministic):
+differences between the two sizes are decode-side resizing and run-to-run noise (about 15 %).
+Correctness (deterministic):
 
 | extractor | graf1->graf3 within 5 px (share, count) | box inliers | landmark mAP global / local / l2g |
 |---|---|---|---|

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +124,14 @@ def extract_all(extractor: object, images: list[np.ndarray]) -> list[FrameFeatur
     return out
 
 
-def run(collection: Collection, extractor_name: str, config: RetrievalConfig, k: int) -> None:
+def _field_value(config: RetrievalConfig, name: str, text: str) -> object:
+    """``text`` converted to the type of ``config``'s field ``name`` (unknown names are left to ``replace``)."""
+    current = getattr(config, name, text)
+    return text if isinstance(current, str) else type(current)(text)
+
+
+def run(collection: Collection, extractor_name: str, config: RetrievalConfig, k: int,
+        modes: Sequence[str] = MODES) -> None:
     import plugins
 
     extractor = plugins.get_extractor(extractor_name)
@@ -138,7 +145,7 @@ def run(collection: Collection, extractor_name: str, config: RetrievalConfig, k:
                                      retention_seconds=None, bucket_seconds=1e6, index_kind="flat"))
     index.add(collection.keys, db)
     retriever = Retriever(index, config)
-    for mode in MODES:
+    for mode in modes:
         rankings, times = [], []
         for q in queries:
             t = time.perf_counter()
@@ -155,7 +162,8 @@ def run(collection: Collection, extractor_name: str, config: RetrievalConfig, k:
             "R@10": round(100 * float(np.nanmean([recall_at_k(r, g, 10) for r, g in pairs])), 2),
             **percentiles(times, (50, 95)), "extract_db_s": round(extract_s, 1),
             "config": {"shortlist": config.shortlist, "rerank_k": config.rerank_k,
-                       "fusion_weight": config.fusion_weight, "graph_neighbors": config.graph_neighbors},
+                       "fusion_weight": config.fusion_weight, "graph_neighbors": config.graph_neighbors,
+                       "mds_query_weight": config.mds_query_weight, "mds_score": config.mds_score},
             **machine(),
         })
 
@@ -172,6 +180,9 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=2.0, help="seconds around the source frame that count")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--fusion-weight", type=float, default=None)
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="RetrievalConfig fields, e.g. mds_query_weight=1000 mds_score=distance")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"shared data not found at {args.data}; nothing to benchmark")
@@ -179,10 +190,12 @@ def main() -> None:
     config = RetrievalConfig(shortlist=700, rerank_k=100)
     if args.fusion_weight is not None:
         config = config.replace(fusion_weight=args.fusion_weight)
+    if args.set:
+        config = config.replace(**{k: _field_value(config, k, v) for k, v in (a.split("=", 1) for a in args.set)})
     for name in args.datasets:
         coll = landmarks(args.data, args.max_side) if name == "landmarks" else video(
             args.data, args.max_side, args.fps, args.per_clip, args.queries_per_clip, args.window)
-        run(coll, args.extractor, config, args.k)
+        run(coll, args.extractor, config, args.k, args.modes)
 
 
 if __name__ == "__main__":

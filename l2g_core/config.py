@@ -97,8 +97,15 @@ class RetrievalConfig:
             dissimilarity matrix; the rest are unknown (dissimilarity 1). ``0`` keeps the dense matrix.
         dissimilarity_power: optional power on dissimilarities before MDS (1 = none).
         mds_dim, mds_iterations, mds_eps: SMACOF output dimension, iteration cap, relative stress tolerance.
-        fusion_weight: weight w of the MDS embedding in the fused descriptor
-            ``[sqrt(w) e, sqrt(1-w) g]``; ``fusion_side="global"`` gives w to the global part instead.
+        mds_query_weight: SMACOF weight of the query's row and column (every other pair weighs 1). Plain
+            stress (1) lets the ``m^2`` candidate pairs outweigh the ``m`` query pairs, so the embedding keeps the
+            candidates' clusters and loses the query's fine differences (see docs/benchmarks.md).
+        mds_score: how the embedding scores a candidate. ``cosine``: the fused descriptor
+            ``[sqrt(w) e/|e|, sqrt(1-w) g/|g|]`` re-ranked by SuperGlobal (the paper's reconstruction);
+            ``distance``: ``w (1 - |e_i - e_q| / max_j |e_j - e_q|) + (1-w) s_i`` with ``s_i`` the SuperGlobal
+            score of the global descriptors alone.
+        fusion_weight: weight w of the MDS embedding (as above); ``fusion_side="global"`` gives w to the global
+            part instead.
         sg_k, sg_beta: SuperGlobal MDescAug/RerankwMDA neighbourhood size K and weight beta.
 
     Baselines:
@@ -121,6 +128,8 @@ class RetrievalConfig:
     mds_dim: int = 32
     mds_iterations: int = 100
     mds_eps: float = 1e-4
+    mds_query_weight: float = 1.0
+    mds_score: Literal["cosine", "distance"] = "cosine"
     fusion_weight: float = 0.5
     fusion_side: Literal["mds", "global"] = "mds"
     sg_k: int = 9
@@ -132,11 +141,13 @@ class RetrievalConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "neighbors", "query_features", "kernel_alpha", "shortlist", "rerank_k", "graph_features",
-                  "dissimilarity_power", "mds_dim", "mds_iterations", "mds_eps", "sg_k", "g2l_shortlist",
+                  "dissimilarity_power", "mds_dim", "mds_iterations", "mds_eps", "mds_query_weight", "sg_k",
+                  "g2l_shortlist",
                   "ransac_threshold")
         _require(0.0 <= self.kernel_tau < 1.0, f"kernel_tau must be in [0, 1), got {self.kernel_tau}")
         _require(0.0 <= self.fusion_weight <= 1.0, f"fusion_weight must be in [0, 1], got {self.fusion_weight}")
         _require(self.fusion_side in ("mds", "global"), f"unknown fusion_side {self.fusion_side!r}")
+        _require(self.mds_score in ("cosine", "distance"), f"unknown mds_score {self.mds_score!r}")
         _require(self.graph_neighbors >= 0, f"graph_neighbors must be >= 0, got {self.graph_neighbors}")
         _require(self.sg_beta >= 0.0, f"sg_beta must be >= 0, got {self.sg_beta}")
         _require(-1.0 <= self.match_threshold <= 1.0, "match_threshold must be a cosine in [-1, 1]")
