@@ -99,7 +99,9 @@ class RetrievalConfig:
         mds_dim, mds_iterations, mds_eps: SMACOF output dimension, iteration cap, relative stress tolerance.
         mds_query_weight: SMACOF weight of the query's row and column (every other pair weighs 1). Plain
             stress (1) lets the ``m^2`` candidate pairs outweigh the ``m`` query pairs, so the embedding keeps the
-            candidates' clusters and loses the query's fine differences (see docs/benchmarks.md).
+            candidates' clusters and loses the query's fine differences (see docs/benchmarks.md). The defaults
+            (1000, ``distance``) beat (1, ``cosine``) on both benchmarks: landmarks 91.6 -> 95.0 mAP, video crops
+            31.6 -> 41.9 (xfeat).
         mds_score: how the embedding scores a candidate. ``cosine``: the fused descriptor
             ``[sqrt(w) e/|e|, sqrt(1-w) g/|g|]`` re-ranked by SuperGlobal (the paper's reconstruction);
             ``distance``: ``w (1 - |e_i - e_q| / max_j |e_j - e_q|) + (1-w) s_i`` with ``s_i`` the SuperGlobal
@@ -128,8 +130,8 @@ class RetrievalConfig:
     mds_dim: int = 32
     mds_iterations: int = 100
     mds_eps: float = 1e-4
-    mds_query_weight: float = 1.0
-    mds_score: Literal["cosine", "distance"] = "cosine"
+    mds_query_weight: float = 1000.0
+    mds_score: Literal["cosine", "distance"] = "distance"
     fusion_weight: float = 0.5
     fusion_side: Literal["mds", "global"] = "mds"
     sg_k: int = 9

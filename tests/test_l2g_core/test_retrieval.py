@@ -11,7 +11,8 @@ import torch
 from l2g_core import MODES, Candidates, ConfigError, IndexConfig, RetrievalConfig, Retriever, RollingIndex, ShapeError
 from l2g_core.datasets import make_synthetic_video
 from l2g_core.evaluation import GroundTruth, mean_average_precision
-from l2g_core.rerank.l2g import dissimilarity_matrix
+from l2g_core.rerank.l2g import dissimilarity_matrix, query_weights
+from l2g_core.rerank.smacof import smacof
 from l2g_core.rerank.superglobal import superglobal_scores
 
 
@@ -130,3 +131,37 @@ def test_dissimilarity_matrix_is_sparse_symmetric_and_keeps_query_row() -> None:
     unknown = (delta[1:, 1:] == 1.0).sum().item()
     assert unknown > 0  # most candidate pairs are unknown
     assert torch.allclose(dissimilarity_matrix(s, 0, 1.0)[1:, 1:].fill_diagonal_(0), (1 - s[1:, 1:]).fill_diagonal_(0))
+
+
+def test_cosine_scoring_of_the_paper_reconstruction_still_ranks(setup) -> None:
+    """``mds_score="cosine"`` with plain stress (the earlier default) stays available and finds the source frames."""
+    retriever, video = setup
+    plain = Retriever(retriever.index, retriever.config.replace(mds_score="cosine", mds_query_weight=1.0))
+    firsts = [plain.search(q, mode="l2g", k=5).hits[0].key for q in video.queries]
+    sources = [video.keys[f] for f in video.query_frames]
+    assert sum(a == b for a, b in zip(firsts, sources, strict=True)) >= 10
+    with pytest.raises(ConfigError, match="mds_score"):
+        RetrievalConfig(mds_score="angle")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="mds_query_weight"):
+        RetrievalConfig(mds_query_weight=0.0)
+
+
+def test_query_weight_makes_the_embedding_keep_the_query_row() -> None:
+    """A noisy non-Euclidean matrix: weighting the query's row fits its distances far better than plain stress."""
+    rng = np.random.default_rng(3)
+    n = 60
+    delta = rng.uniform(0.5, 1.0, (n, n))
+    delta = (delta + delta.T) / 2
+    delta[0, 1:] = delta[1:, 0] = np.linspace(0.2, 0.9, n - 1)  # the query row: a fine, ordered structure
+    np.fill_diagonal(delta, 0.0)
+    d = torch.from_numpy(delta)
+    weights = query_weights(n, 1000.0, d.device)
+    assert weights is not None and query_weights(n, 1.0, d.device) is None
+    assert torch.equal(weights, weights.T) and torch.all(weights.diagonal() == 0) and weights[0, 5] == 1000.0
+    assert weights[3, 5] == 1.0
+
+    def query_row_error(w: torch.Tensor | None) -> float:
+        emb = smacof(d, dim=8, weights=None if w is None else w.double(), max_iter=300).embedding[0]
+        return float((torch.linalg.norm(emb[1:] - emb[0], dim=1) - d[0, 1:]).abs().mean())
+
+    assert query_row_error(weights) < 0.25 * query_row_error(None)
