@@ -73,8 +73,7 @@ def bench_smacof(n: int = 701, dims: tuple[int, ...] = (32, 128), iterations: in
             d = torch.from_numpy(delta).to(device=device, dtype=dtype)
             # plain stress, and the default stage-2 weighting (query row and column weigh 1000)
             for query_weight in (1.0, 1000.0):
-                w = query_weights(n, query_weight, d.device)
-                w = None if w is None else w.to(dtype)
+                w = query_weights(d, query_weight)
                 for dim in dims:
                     smacof(d, dim=dim, weights=w, max_iter=2, eps=0.0)  # warm-up
                     times = []

@@ -85,16 +85,21 @@ def dissimilarity_matrix(similarity: torch.Tensor, neighbors: int, power: float)
     return delta.masked_fill(eye, 0.0)
 
 
-def query_weights(n: int, query_weight: float, device: torch.device) -> torch.Tensor | None:
-    """SMACOF weights for ``n`` items whose item 0 is the query: ``query_weight`` on its row and column, 1 on every
-    other pair, 0 on the diagonal; ``None`` (plain stress) when ``query_weight`` is 1.
+def query_weights(delta: torch.Tensor, query_weight: float) -> torch.Tensor | None:
+    """SMACOF weights for the dissimilarities ``delta`` of ``n`` items whose item 0 is the query: ``query_weight``
+    on its row and column, 1 on every other pair, 0 on the diagonal; ``None`` (plain stress) when
+    ``query_weight`` is 1.
+
+    Args:
+        delta: ``(n, n)`` dissimilarities; the weights take its shape, dtype and device.
+        query_weight: weight of the query's pairs.
 
     Returns:
-        ``(n, n)`` float32 symmetric weights, or None.
+        ``(n, n)`` symmetric weights, or None.
     """
     if query_weight == 1.0:
         return None
-    weights = torch.ones((n, n), dtype=torch.float32, device=device)
+    weights = torch.ones_like(delta)
     weights[0, :] = query_weight
     weights[:, 0] = query_weight
     return weights.fill_diagonal_(0.0)
@@ -131,8 +136,8 @@ def l2g_rerank(
     sim.fill_diagonal_(1.0)
     delta = dissimilarity_matrix(sim, config.graph_neighbors, config.dissimilarity_power)
     t1 = time.perf_counter()
-    result = smacof(delta.to(torch.float32),  # float32: 3x faster than float64 on CPU, same ranking
-                    weights=query_weights(delta.shape[0], config.mds_query_weight, delta.device),
+    delta = delta.to(torch.float32)  # float32: 3x faster than float64 on CPU, same ranking
+    result = smacof(delta, weights=query_weights(delta, config.mds_query_weight),
                     dim=min(config.mds_dim, m), max_iter=config.mds_iterations, eps=config.mds_eps)
     emb = result.embedding[0].to(torch.float32)
     t2 = time.perf_counter()

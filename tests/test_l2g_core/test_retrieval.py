@@ -155,13 +155,14 @@ def test_query_weight_makes_the_embedding_keep_the_query_row() -> None:
     delta[0, 1:] = delta[1:, 0] = np.linspace(0.2, 0.9, n - 1)  # the query row: a fine, ordered structure
     np.fill_diagonal(delta, 0.0)
     d = torch.from_numpy(delta)
-    weights = query_weights(n, 1000.0, d.device)
-    assert weights is not None and query_weights(n, 1.0, d.device) is None
+    weights = query_weights(d, 1000.0)
+    assert weights is not None and query_weights(d, 1.0) is None
+    assert weights.dtype == d.dtype and weights.shape == d.shape
     assert torch.equal(weights, weights.T) and torch.all(weights.diagonal() == 0) and weights[0, 5] == 1000.0
     assert weights[3, 5] == 1.0
 
     def query_row_error(w: torch.Tensor | None) -> float:
-        emb = smacof(d, dim=8, weights=None if w is None else w.double(), max_iter=300).embedding[0]
+        emb = smacof(d, dim=8, weights=w, max_iter=300).embedding[0]
         return float((torch.linalg.norm(emb[1:] - emb[0], dim=1) - d[0, 1:]).abs().mean())
 
     assert query_row_error(weights) < 0.25 * query_row_error(None)
