@@ -1,11 +1,13 @@
 """plugins: feature extractors that turn decoded RGB frames into :class:`l2g_core.FrameFeatures`.
 
-``get_extractor(name, **options)`` builds one by registry name or preset; third parties register theirs through the
-``l2g_stream.extractors`` entry-point group.
+``get_extractor(name, **options)`` builds one by registry name or preset (the options are validated by the
+extractor's :class:`ExtractorOptions` model); third parties register theirs through the ``l2g_stream.extractors``
+entry-point group.
 """
 
 from plugins.base import Extractor, RGBBatch, resolve_device, validate_batch
 from plugins.errors import ExtractorInputError, PluginError, UnknownExtractorError, WeightsError
+from plugins.options import ExtractorOptions
 from plugins.presets import PRESETS, Preset
 from plugins.registry import ENTRY_POINT_GROUP, available, extractor_class, get_extractor, register
 
@@ -14,6 +16,7 @@ __all__ = [
     "PRESETS",
     "Extractor",
     "ExtractorInputError",
+    "ExtractorOptions",
     "PluginError",
     "Preset",
     "RGBBatch",

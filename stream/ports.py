@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -144,13 +144,27 @@ class MessageSink(Protocol):
 
 @runtime_checkable
 class FeatureExtractor(Protocol):
-    """What the runtime needs from a ``plugins`` extractor.
+    """What the runtime needs from a ``plugins`` extractor (``plugins.Extractor`` implements it).
 
     Lifecycle: ``setup()`` once before the first ``extract``; ``close()`` once at shutdown.
     """
 
     local_dim: int
     global_dim: int
+
+    @property
+    def name(self) -> str:
+        """Registry name."""
+        ...
+
+    def options(self) -> dict[str, Any]:
+        """Every option, JSON-able (for logs and to rebuild the extractor)."""
+        ...
+
+    def snapshot_identity(self) -> dict[str, Any]:
+        """JSON-able identity of the features (name, feature options, sha256 of the weights files; not the
+        device): snapshots are tagged with it. Taken after ``setup()``."""
+        ...
 
     def setup(self) -> None:
         """Load weights and warm up."""

@@ -8,9 +8,10 @@ answers of several workers to one query can simply be merged.
 
 Snapshot layout::
 
-    <snapshot_dir>/<extractor>-<hash of extractor options, dimensions and index settings>/<topic>-<partition>/
+    <snapshot_dir>/<extractor>-<hash of the extractor's identity, dimensions, index settings>/<topic>-<partition>/
 
-Snapshots of another extractor or configuration live under another tag and are never loaded by mistake.
+Snapshots of another extractor, configuration or weights file (the identity holds its sha256) live under another tag
+and are never loaded by mistake.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,19 @@ __all__ = ["PartitionedIndex", "StoreStats", "index_tag"]
 LOG = logging.getLogger(__name__)
 
 
-def index_tag(extractor: str, options: dict[str, Any], config: IndexConfig) -> str:
-    """Directory name for snapshots of this extractor and index configuration."""
+def index_tag(extractor: str, identity: Mapping[str, Any], config: IndexConfig) -> str:
+    """Directory name for snapshots of this extractor and index configuration.
+
+    Args:
+        extractor: the extractor's name (the readable prefix).
+        identity: the extractor's ``snapshot_identity()`` (feature options and the sha256 of its weights files):
+            other weights or options give another tag, so their snapshots are never loaded.
+        config: the index configuration.
+    """
     blob = json.dumps(
-        {"extractor": extractor, "options": options, "local_dim": config.local_dim, "global_dim": config.global_dim,
-         "max_features_per_frame": config.max_features_per_frame, "bucket_seconds": config.bucket_seconds},
+        {"extractor": extractor, "identity": identity, "local_dim": config.local_dim,
+         "global_dim": config.global_dim, "max_features_per_frame": config.max_features_per_frame,
+         "bucket_seconds": config.bucket_seconds},
         sort_keys=True, default=str,
     )
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in extractor)

@@ -97,8 +97,8 @@ def configure_threads(runtime: RuntimeSettings) -> None:
         faiss.omp_set_num_threads(runtime.faiss_threads)
 
 
-def make_extractor(settings: Settings) -> Any:
-    """A new, not yet set up extractor from ``settings.extractor``.
+def make_extractor(settings: Settings) -> FeatureExtractor:
+    """A new, not yet set up extractor from ``settings.extractor`` (a ``plugins.Extractor``).
 
     Raises:
         ConfigurationError: unknown extractor or bad options.
@@ -186,13 +186,14 @@ class Worker:
             query_extractor = self._extractor_factory(s)
             query_extractor.setup()
             self.extractors.append(query_extractor)
-        name = str(getattr(ingest_extractor, "name", s.extractor.name))
-        options = ingest_extractor.options() if hasattr(ingest_extractor, "options") else dict(s.extractor.options)
+        name = ingest_extractor.name
+        # the snapshot tag: features of other options or other weights (sha256) never load into this index
+        identity = ingest_extractor.snapshot_identity()
         LOG.info("extractor %s ready (%d-d local, %d-d global) in %.1f s", name, ingest_extractor.local_dim,
                  ingest_extractor.global_dim, time.perf_counter() - t0)
         self.health.set_condition("extractor", True)
         self.metrics.build_info.info({"version": _version(), "extractor": name, "worker": self.worker_id})
-        self.index = PartitionedIndex.from_settings(s.index, extractor=name, options=options,
+        self.index = PartitionedIndex.from_settings(s.index, extractor=name, options=identity,
                                                     local_dim=ingest_extractor.local_dim,
                                                     global_dim=ingest_extractor.global_dim)
         self.sink = self.connector.sink(client_id=cid)

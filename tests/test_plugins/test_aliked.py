@@ -20,7 +20,7 @@ def test_weights_are_required() -> None:
 def test_model_from_file_name(tmp_path: Path) -> None:
     extractor = get_extractor("aliked", weights=tmp_path / "aliked-t16.pth")
     assert isinstance(extractor, AlikedExtractor)
-    assert (extractor.model, extractor.local_dim, extractor.global_dim) == ("aliked-t16", 64, 64)
+    assert (extractor.opts.model, extractor.local_dim, extractor.global_dim) == ("aliked-t16", 64, 64)
     assert get_extractor("aliked", weights=tmp_path / "w.pth", model="aliked-n32").local_dim == 128
     with pytest.raises(PluginError, match="cannot tell the ALIKED model"):
         get_extractor("aliked", weights=tmp_path / "weights.pth")

@@ -77,12 +77,12 @@ class TestPresets:
     def test_xfeat_fast(self) -> None:
         extractor = get_extractor("xfeat-fast")
         assert isinstance(extractor, XFeatExtractor)
-        assert (extractor.max_keypoints, extractor.max_side) == (256, 480)
+        assert (extractor.opts.max_keypoints, extractor.opts.max_side) == (256, 480)
 
     def test_options_override_preset(self) -> None:
         extractor = get_extractor("xfeat-fast", max_keypoints=64)
         assert isinstance(extractor, XFeatExtractor)
-        assert (extractor.max_keypoints, extractor.max_side) == (64, 480)
+        assert (extractor.opts.max_keypoints, extractor.opts.max_side) == (64, 480)
 
     def test_xfeat_effnet(self) -> None:
         extractor = get_extractor("xfeat-effnet")
@@ -91,10 +91,10 @@ class TestPresets:
 
     def test_rootsift_1k(self) -> None:
         extractor = get_extractor("rootsift-1k")
-        assert isinstance(extractor, RootSiftExtractor) and extractor.max_keypoints == 1000
+        assert isinstance(extractor, RootSiftExtractor) and extractor.opts.max_keypoints == 1000
 
     def test_options_roundtrip(self) -> None:
-        # options() is what the index tag records: rebuilding from it gives the same options.
+        # options() holds every option: rebuilding from it gives the same options.
         for name in ("xfeat-fast", "xfeat-quality", "xfeat-effnet", "rootsift-1k", "efficientnet-gem"):
             extractor = get_extractor(name)
             assert get_extractor(extractor.name, **extractor.options()).options() == extractor.options()
