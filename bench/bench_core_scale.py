@@ -17,6 +17,7 @@ import torch
 from bench.common import emit, machine, peak_rss_mb, percentiles, progress
 from l2g_core import IndexConfig, RetrievalConfig, Retriever, RollingIndex
 from l2g_core.datasets import SceneModel
+from l2g_core.index.backend import configure_faiss
 from l2g_core.rerank.l2g import query_weights
 from l2g_core.rerank.smacof import smacof
 
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--skip-smacof", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    configure_faiss()  # process-wide FAISS settings, as the worker applies them
     if not args.skip_smacof:
         bench_smacof()
     for size in args.sizes:

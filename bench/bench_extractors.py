@@ -59,6 +59,7 @@ from bench.common import SHARED_DATA, emit, machine, peak_rss_mb, percentiles, p
 from l2g_core import FrameFeatures, FrameKey, IndexConfig, RetrievalConfig, Retriever, RollingIndex
 from l2g_core.evaluation import group_ground_truth, load_groups, mean_average_precision
 from l2g_core.geometry import mutual_matches, ransac_inliers
+from l2g_core.index.backend import configure_faiss
 
 DEFAULT_EXTRACTORS = ("xfeat", "xfeat-fast", "efficientnet-gem", "rootsift", "xfeat:global_from=efficientnet")
 ALIKED_WEIGHTS = SHARED_DATA / "weights" / "aliked-n16.pth"  # added to the defaults when present
@@ -286,6 +287,7 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8], help="CPU batch sizes")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    configure_faiss()  # process-wide FAISS settings, as the worker applies them
     cuda = torch.cuda.is_available()
     info = machine()
 

@@ -19,27 +19,31 @@ stdout (one per part), progress on stderr. Every loop is bounded by its duration
 
 from __future__ import annotations
 
-import argparse
-import random
-import shutil
-import tempfile
-import threading
-import time
-import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from stream.runtime import configure_process
 
-import cv2
-import numpy as np
+configure_process()  # OMP_WAIT_POLICY, before torch and FAISS load OpenMP (see stream/runtime.py)
 
-from bench.common import emit, machine, peak_rss_mb, percentiles, progress
-from stream.broker import EmbeddedBroker
-from stream.kafka import KafkaSink, KafkaSource
-from stream.messages import Query, QueryResult, VideoChunk, decode_message, encode_message
-from stream.settings import Settings
-from stream.video import Segment, SyntheticCamera, encode_segments
-from stream.worker import Worker
+import argparse  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.common import emit, machine, peak_rss_mb, percentiles, progress  # noqa: E402
+from stream.broker import EmbeddedBroker  # noqa: E402
+from stream.kafka import KafkaSink, KafkaSource  # noqa: E402
+from stream.messages import Query, QueryResult, VideoChunk, decode_message, encode_message  # noqa: E402
+from stream.settings import Settings  # noqa: E402
+from stream.video import Segment, SyntheticCamera, encode_segments  # noqa: E402
+from stream.worker import Worker  # noqa: E402
 
 START = 1_700_000_000.0
 FPS = 10.0
@@ -264,8 +268,8 @@ def run_memory(args: argparse.Namespace, broker: EmbeddedBroker, tmp: Path) -> d
     try:
         while time.monotonic() - t0 < args.memory_seconds:
             time.sleep(1.0)
-            # frames evicted = indexed - held (l2g_index_evicted_frames_total misses the evictions that
-            # RollingIndex.add does itself, so it is reported separately)
+            # frames evicted = indexed - held, measured independently of l2g_index_evicted_frames_total (which
+            # counts RollingIndex.add's AddReport.evicted and the checkpoints' evictions); both are reported
             indexed = worker.ingest.stats.frames_indexed if worker.ingest is not None else 0
             evicted = float(indexed - len(worker.index or []))
             if evicted > 0 and evicted_at is None:

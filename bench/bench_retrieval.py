@@ -27,6 +27,7 @@ import torch
 from bench.common import SHARED_DATA, emit, machine, percentiles, progress
 from l2g_core import MODES, FrameFeatures, FrameKey, IndexConfig, RetrievalConfig, Retriever, RollingIndex
 from l2g_core.evaluation import GroundTruth, load_groups, mean_average_precision, precision_at_k, recall_at_k
+from l2g_core.index.backend import configure_faiss
 
 
 @dataclass
@@ -187,6 +188,7 @@ def main() -> None:
     if not args.data.is_dir():
         raise SystemExit(f"shared data not found at {args.data}; nothing to benchmark")
     torch.set_num_threads(2)
+    configure_faiss()  # process-wide FAISS settings, as the worker applies them
     config = RetrievalConfig(shortlist=700, rerank_k=100)
     if args.fusion_weight is not None:
         config = config.replace(fusion_weight=args.fusion_weight)

@@ -17,28 +17,28 @@ Run: ``python -m bench.bench_stream [--extractor toy|xfeat] [--sample-fps 2]``; 
 
 from __future__ import annotations
 
-import os
+from stream.runtime import configure_process
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/faiss load (see stream/__init__.py)
+configure_process()  # OMP_WAIT_POLICY, before torch and FAISS load OpenMP (see stream/runtime.py)
 
-import argparse
-import tempfile
-import threading
-import time
-from pathlib import Path
-from typing import Any
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
-import cv2
-import numpy as np
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
-from bench.common import SHARED_DATA, emit, machine, percentiles, progress
-from stream.broker import EmbeddedBroker
-from stream.client import QueryClient, publish_segments
-from stream.decode import decode_chunk
-from stream.sampling import keep_frame
-from stream.settings import Settings
-from stream.video import Segment, SyntheticCamera, encode_segments, segment_file
-from stream.worker import Worker
+from bench.common import SHARED_DATA, emit, machine, percentiles, progress  # noqa: E402
+from stream.broker import EmbeddedBroker  # noqa: E402
+from stream.client import QueryClient, publish_segments  # noqa: E402
+from stream.decode import decode_chunk  # noqa: E402
+from stream.sampling import keep_frame  # noqa: E402
+from stream.settings import Settings  # noqa: E402
+from stream.video import Segment, SyntheticCamera, encode_segments, segment_file  # noqa: E402
+from stream.worker import Worker  # noqa: E402
 
 CLIP = SHARED_DATA / "video" / "intel_bottle-detection.mp4"
 START = 1_700_000_000.0

@@ -1,12 +1,6 @@
 """stream: the Kafka-native service (ingest, query, merge loops) around :mod:`l2g_core` and :mod:`plugins`.
 
-Importing the package sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already chooses: a worker runs OpenMP
-code from several threads (FAISS in the query thread, torch in the merge and ingest threads), and libgomp's default
-of spinning idle thread teams steals the cores from the team that has work. Measured on 2 cores: stage 1 went from
-~300 to ~25 ms and the L2G stage 2 from ~1000 to ~190 ms. It only takes effect when set before torch and FAISS load,
-which ``l2g-stream`` and ``python -m stream.cli`` guarantee.
+Importing the package changes nothing process-wide: the entry points apply the process settings explicitly
+(:func:`stream.runtime.configure_process` in ``l2g-stream``'s ``main`` before torch and FAISS load, and
+``l2g_core.index.backend.configure_faiss`` in ``Worker.open``).
 """
-
-import os as _os
-
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

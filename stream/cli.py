@@ -10,6 +10,10 @@ Commands::
 
 Global options (before or after the command): ``--config FILE`` (YAML/JSON/TOML), ``--bootstrap HOST:PORT``,
 ``--log-level``. Bad input exits with status 2 and a one-line message; an unreachable broker or a timeout with 1.
+
+:func:`main` applies the process settings (:func:`stream.runtime.configure_process`) before anything loads torch or
+FAISS; this module therefore imports neither at module level (nor anything that does): each command imports what it
+needs.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream.errors import BadInputError, BrokerError, ConfigurationError, StreamError
-from stream.messages import QueryResult
-from stream.settings import Settings
+from stream.formatting import format_result, format_time
+from stream.runtime import configure_process
 
-__all__ = ["build_parser", "format_result", "main"]
+if TYPE_CHECKING:
+    from stream.settings import Settings
+
+__all__ = ["build_parser", "format_result", "format_time", "main"]
 
 LOG = logging.getLogger("l2g-stream")
 EXIT_BAD_INPUT = 2
@@ -143,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace, **groups: dict[str, Any]) -> Settings:
+    from stream.settings import Settings
+
     overrides: dict[str, dict[str, Any]] = {k: dict(v) for k, v in groups.items()}
     if getattr(args, "bootstrap", None):
         overrides.setdefault("kafka", {})["bootstrap_servers"] = args.bootstrap
@@ -171,40 +180,6 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(max(logging.WARNING, getattr(logging, level)))
-
-
-def format_time(t: float) -> str:
-    """``2026-11-22 10:00:01.500 UTC``."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
-
-
-def format_result(result: QueryResult, *, expected: tuple[str, int] | None = None) -> str:
-    """The matches as a table, then latencies and coverage."""
-    lines = []
-    if result.status == "error":
-        return f"query {result.query_id}: ERROR {result.error}"
-    stages = sorted({s for m in result.matches for s in m.stage_scores})
-    head = f"{'#':>2}  {'camera':<28} {'frame':>6}  {'time':<27} {'score':>8}  " + "  ".join(f"{s:>8}" for s in stages)
-    lines.append(head)
-    lines.append("-" * len(head))
-    for i, m in enumerate(result.matches, 1):
-        mark = "  <- expected" if expected is not None and (m.camera_id, m.frame) == expected else ""
-        lines.append(f"{i:>2}  {m.camera_id[:28]:<28} {m.frame:>6}  {format_time(m.timestamp):<27} {m.score:>8.4f}  "
-                     + "  ".join(f"{m.stage_scores.get(s, float('nan')):>8.4f}" for s in stages) + mark)
-    if not result.matches:
-        lines.append("(no match)")
-    order = ["queue", "decode_image", "extract", "stage1", "merge_wait", "stage2", "total"]
-    lat = result.latency_ms
-    lines.append("latency ms: " + "  ".join(f"{s}={lat[s]:.1f}" for s in order if s in lat))
-    c = result.coverage
-    span = f", index spans {format_time(c.indexed_from)} .. {format_time(c.indexed_to)}" \
-        if c.indexed_from is not None and c.indexed_to is not None else ""
-    lines.append(f"coverage: {c.frames_searched}/{c.frames_total} frames, {c.shards_searched}/{c.shards_total} shards, "
-                 f"{c.partitions_searched}/{c.partitions_total} partitions, "
-                 f"{'complete' if c.complete else 'INCOMPLETE'}{span}")
-    lines += [f"  note: {n}" for n in c.notes]
-    lines.insert(0, f"query {result.query_id}: {result.status}, mode {result.mode}, answered by {result.worker_id}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------- commands
@@ -309,6 +284,7 @@ COMMANDS = {"demo": cmd_demo, "worker": cmd_worker, "publish": cmd_publish, "que
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``l2g-stream``; returns the exit status (0 ok, 1 failure, 2 bad input, 130 interrupted)."""
+    configure_process()  # first: before any command imports torch or FAISS
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from stream.errors import ConfigurationError
+from stream.formatting import format_result, format_time
 from stream.messages import Match
 from stream.sampling import keep_frame
 from stream.settings import Settings
@@ -193,7 +194,6 @@ def _metrics_excerpt(url: str | None) -> Iterator[str]:
 def run_demo(args: argparse.Namespace, base: Settings) -> int:
     """Run the demo (see the module docstring); returns the exit status."""
     from stream.broker import EmbeddedBroker
-    from stream.cli import format_result, format_time
     from stream.client import QueryClient, publish_segments
     from stream.worker import Worker
 

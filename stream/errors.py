@@ -5,7 +5,7 @@ Every error derives from :class:`StreamError`, so callers can catch the whole pa
     StreamError
     ├── ConfigurationError  (also ValueError)   settings are invalid or inconsistent
     ├── BrokerError         (also RuntimeError) the broker cannot be reached, started or written to
-    ├── BackpressureError   (also RuntimeError) a bounded queue is full; retry after ``retry_after`` s
+    ├── ExtractorCrashError (also RuntimeError) the extractor failed on a batch other than by rejecting its input
     └── BadInputError       (also ValueError)   one message cannot be processed; it goes to the DLQ
         ├── SchemaError                         the payload violates its schema (or is not JSON)
         ├── MessageTooLargeError                the message exceeds the configured size limit
@@ -14,16 +14,17 @@ Every error derives from :class:`StreamError`, so callers can catch the whole pa
         └── ImageDecodeError                    the query image cannot be decoded
 
 :class:`BadInputError` carries a short machine-readable ``reason`` (the ``reason`` label of
-``l2g_dead_letters_total``) next to the human-readable message.
+``l2g_dead_letters_total``) next to the human-readable message. What the worker does with each kind is decided in
+one place, :mod:`stream.failures`.
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "BackpressureError",
     "BadInputError",
     "BrokerError",
     "ConfigurationError",
+    "ExtractorCrashError",
     "ImageDecodeError",
     "MessageTooLargeError",
     "ReferenceError_",
@@ -45,17 +46,19 @@ class BrokerError(StreamError, RuntimeError):
     """The broker cannot be reached, started, or written to."""
 
 
-class BackpressureError(StreamError, RuntimeError):
-    """A bounded buffer is full.
+class ExtractorCrashError(StreamError, RuntimeError):
+    """The extractor raised something other than ``plugins.ExtractorInputError`` (a bug, or its runtime failed:
+    CUDA out of memory, a broken weights file). Never bad input: nothing is dead-lettered for it
+    (see :mod:`stream.failures`).
 
     Args:
-        message: what is full.
-        retry_after: seconds after which retrying is likely to succeed.
+        message: what failed.
+        extractor: the extractor's name.
     """
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, extractor: str) -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        self.extractor = extractor
 
 
 class BadInputError(StreamError, ValueError):

@@ -18,8 +18,10 @@ a camera's chunks stay ordered on one partition). Per poll:
 5. **checkpoint** every ``commit_interval_s`` (and on revoke and close): snapshot the dirty partitions with their
    next offsets, then commit exactly those offsets (commit only after the snapshot: at-least-once).
 
-Bad chunks (schema violation, oversized, bad reference, corrupt/truncated/unsupported video, extractor input
-errors) go to the dead-letter topic with a reason and are counted; the loop goes on.
+Bad chunks (schema violation, oversized, bad reference, corrupt/truncated/unsupported video, frames the extractor
+rejects with ``plugins.ExtractorInputError``) go to the dead-letter topic with a reason and are counted; the loop goes
+on. Any other extractor exception is a crash report, never a dead letter, and a failed snapshot is retried by the
+next checkpoint: see :mod:`stream.failures`.
 """
 
 from __future__ import annotations
@@ -27,15 +29,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from l2g_core import FrameFeatures, FrameKey
+from l2g_core.errors import ShapeError
+from plugins.errors import ExtractorInputError
 from stream.deadletter import DeadLetterPublisher
 from stream.decode import decode_chunk
 from stream.errors import BadInputError, MessageTooLargeError, VideoDecodeError
+from stream.failures import extractor_crash
 from stream.health import Health
 from stream.messages import VideoChunk, decode_message
 from stream.metrics import StreamMetrics
@@ -43,7 +48,7 @@ from stream.ports import FeatureExtractor, MessageSource, Partition, Record
 from stream.refs import resolve_ref
 from stream.sampling import LoadShedder, keep_frame
 from stream.settings import Settings
-from stream.store import PartitionedIndex
+from stream.store import PartitionedIndex, SnapshotReport
 
 __all__ = ["IngestLoop", "IngestStats"]
 
@@ -143,7 +148,7 @@ class IngestLoop:
         return dict(self._committed)
 
     # ------------------------------------------------------------------ rebalance callbacks
-    def _on_assign(self, parts: Any) -> None:
+    def _on_assign(self, parts: Collection[Partition]) -> None:
         self.metrics.rebalances.inc()
         for part in sorted(parts):
             snapshot_offset = self.index.open(part)
@@ -173,22 +178,22 @@ class IngestLoop:
             self.health.set_condition("ingest_assigned", True)
         self._refresh_gauges(force=True)
 
-    def _on_revoke(self, parts: Any) -> None:
-        parts = sorted(parts)
-        if not parts:
+    def _on_revoke(self, parts: Collection[Partition]) -> None:
+        revoked = sorted(parts)
+        if not revoked:
             return
         try:
-            self.checkpoint(only=parts)
+            self.checkpoint(only=revoked)
         finally:
-            for part in parts:
+            for part in revoked:
                 self.index.close_partition(part)
                 self._positions.pop(part, None)
                 self._committed.pop(part, None)
                 self.metrics.consumer_lag.labels(part.topic, str(part.partition)).set(0)
-            LOG.info("revoked %s", ", ".join(map(str, parts)))
+            LOG.info("revoked %s", ", ".join(map(str, revoked)))
             self._refresh_gauges(force=True)
 
-    def _on_reset(self, parts: Any) -> None:
+    def _on_reset(self, parts: Collection[Partition]) -> None:
         """The topic was recreated: our positions name old data; the source reads these partitions from the start
         (frames the index holds are skipped by key) and nothing is committed until new records are processed."""
         for part in parts:
@@ -255,7 +260,7 @@ class IngestLoop:
         assert chunk.ref is not None
         return resolve_ref(chunk.ref, self.settings.storage)
 
-    def _decode(self, rec: Record, part: Partition, over_budget: Any) -> list[_Frame]:
+    def _decode(self, rec: Record, part: Partition, over_budget: Callable[[], bool]) -> list[_Frame]:
         """Validate, decode and sample one chunk; returns the frames to extract."""
         if rec.size > self.settings.kafka.max_message_bytes:
             raise MessageTooLargeError(f"chunk message of {rec.size} bytes exceeds kafka.max_message_bytes="
@@ -313,8 +318,24 @@ class IngestLoop:
                 for f in result.frames]
 
     def _extract(self, frames: list[_Frame]) -> list[FrameFeatures]:
+        """Features of ``frames``, one per frame.
+
+        Raises:
+            ExtractorInputError: the extractor rejects the batch (bad input).
+            ExtractorCrashError: anything else went wrong in the extractor (reported by
+                :func:`stream.failures.extractor_crash`).
+        """
+        batch = np.stack([f.image for f in frames])
         t0 = time.perf_counter()
-        feats = self.extractor.extract(np.stack([f.image for f in frames]))
+        try:
+            feats = self.extractor.extract(batch)
+            if len(feats) != len(frames):
+                raise RuntimeError(f"{len(feats)} feature sets returned for {len(frames)} frames")
+        except ExtractorInputError:
+            raise
+        except Exception as exc:  # not the input: a bug in the extractor or its runtime (stream.failures)
+            raise extractor_crash(exc, extractor=self.extractor_name, frames=len(frames),
+                                  metrics=self.metrics) from exc
         dt = time.perf_counter() - t0
         self.stats.extract_seconds += dt
         self.metrics.extractor_batch_seconds.labels(self.extractor_name).observe(dt)
@@ -324,22 +345,26 @@ class IngestLoop:
             0.8 * self._seconds_per_frame + 0.2 * per_frame
         return feats
 
-    def _extract_and_index(self, frames: list[_Frame]) -> set[tuple[Partition, int]]:
-        """Extract a batch and add it; a batch the extractor rejects is retried frame by frame and the chunks of
-        the frames it still rejects are dead-lettered. Returns the failed ``(partition, offset)`` pairs."""
-        failed: set[tuple[Partition, int]] = set()
+    def _extract_and_index(self, frames: list[_Frame]) -> None:
+        """Extract a batch and add it; a batch the extractor rejects (``ExtractorInputError``) is retried frame by
+        frame and the chunks of the frames it still rejects are dead-lettered, once per chunk.
+
+        Raises:
+            ExtractorCrashError: the extractor failed otherwise (nothing is dead-lettered; see :mod:`stream.failures`).
+        """
+        rejected: set[tuple[Partition, int]] = set()  # (partition, offset) of the chunks dead-lettered
         try:
             pairs = list(zip(frames, self._extract(frames), strict=True))
-        except (ValueError, TypeError) as batch_exc:  # ExtractorInputError and shape errors are ValueErrors
+        except ExtractorInputError as batch_exc:
             LOG.warning("extractor rejected a batch of %d frames (%s); retrying one by one", len(frames), batch_exc)
             pairs = []
             for frame in frames:
                 try:
                     pairs.append((frame, self._extract([frame])[0]))
-                except (ValueError, TypeError) as exc:
+                except ExtractorInputError as exc:
                     key = (frame.part, frame.record.offset)
-                    if key not in failed:
-                        failed.add(key)
+                    if key not in rejected:
+                        rejected.add(key)
                         self._reject(frame.record, exc, reason="extractor_input")
         groups: dict[tuple[Partition, str], tuple[list[FrameKey], list[FrameFeatures]]] = {}
         for frame, feat in pairs:
@@ -349,32 +374,30 @@ class IngestLoop:
         for (part, camera), (keys, feats) in groups.items():
             if part not in self.index.partitions():
                 continue
-            before = len(self.index.get(part))
             try:
-                added = self.index.add(part, keys, feats)
-            except ValueError as exc:  # a dimension mismatch: the extractor is misconfigured, not the data
+                report = self.index.add(part, keys, feats)
+            except ShapeError as exc:  # a dimension mismatch: the extractor is misconfigured, not the data
                 raise RuntimeError(f"cannot add frames to the index of {part}: {exc}") from exc
-            evicted = before + added - len(self.index.get(part))  # RollingIndex.add applies retention itself
-            if evicted > 0:
-                self.metrics.index_evicted.inc(evicted)
-            self.stats.frames_indexed += added
-            self.metrics.frames_indexed.labels(camera).inc(added)
-            if added < len(keys):
-                self.stats.skipped["duplicate"] += len(keys) - added
-                self.metrics.frames_skipped.labels(camera, "duplicate").inc(len(keys) - added)
-        return failed
+            if report.evicted:  # RollingIndex.add applies retention itself
+                self.metrics.index_evicted.inc(report.evicted)
+            self.stats.frames_indexed += report.added
+            self.metrics.frames_indexed.labels(camera).inc(report.added)
+            for reason, n in (("duplicate", report.duplicates), ("too_old", report.too_old)):
+                if n:
+                    self.stats.skipped[reason] += n
+                    self.metrics.frames_skipped.labels(camera, reason).inc(n)
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self, only: list[Partition] | None = None) -> list[Partition]:
-        """Snapshot dirty partitions with their next offsets, then commit exactly those offsets.
+    def checkpoint(self, only: list[Partition] | None = None) -> SnapshotReport:
+        """Snapshot dirty partitions with their next offsets, then commit exactly the offsets of those written.
 
         Without ``index.snapshot_dir`` nothing is written or committed (a commit would claim frames that live only in
-        memory). Returns the partitions committed.
+        memory). A partition whose snapshot failed (disk full, I/O error) is counted in
+        ``l2g_snapshot_failures_total``, nothing is committed for it, and it stays dirty: the next checkpoint retries
+        it while the loop goes on (see :mod:`stream.failures`).
 
-        Raises:
-            Exception: a snapshot failed (disk full, I/O error; counted in ``l2g_snapshot_failures_total``). The
-                partitions written are committed, the others are not and stay dirty; the worker logs it and goes on
-                (the next checkpoint retries).
+        Returns:
+            The snapshot report: ``written`` are the partitions committed, ``failed`` the ones not.
         """
         self._last_checkpoint = time.monotonic()
         evicted = self.index.evict_expired()
@@ -382,30 +405,26 @@ class IngestLoop:
             self.metrics.index_evicted.inc(evicted)
         self._refresh_gauges(force=True)
         if self.index.snapshot_root is None:
-            return []
+            return SnapshotReport()
         offsets = {p: o for p, o in self._positions.items() if only is None or p in only}
         if not offsets:
-            return []
+            return SnapshotReport()
         t0 = time.perf_counter()
-        failure: Exception | None = None
-        try:
-            written = self.index.snapshot(offsets, {"extractor": self.extractor_name, "worker_id": self.worker_id},
-                                          only=list(offsets))
-        except Exception as exc:  # e.g. disk full: commit what was written; the rest stays dirty and is retried
-            failure = exc
-            written = list(self.index.last_written)
-            self.metrics.snapshot_failures.inc(max(1, len(self.index.last_failures)))
-        if written:
+        report = self.index.snapshot(offsets, {"extractor": self.extractor_name, "worker_id": self.worker_id},
+                                     only=list(offsets))
+        if report.failed:  # e.g. disk full: the previous snapshots stay valid, their offsets stay committed
+            self.metrics.snapshot_failures.inc(len(report.failed))
+            LOG.error("snapshot failed for %s: not committed, retried at the next checkpoint",
+                      ", ".join(f"{p} ({exc})" for p, exc in sorted(report.failed.items())))
+        if report.written:
             self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
-            commit = {p: offsets[p] for p in written}
+            commit = {p: offsets[p] for p in report.written}
             self.source.commit(commit)
             self._committed.update(commit)
             self.metrics.commits.inc()
             self.stats.checkpoints += 1
             LOG.debug("checkpoint: %s", ", ".join(f"{p}@{o}" for p, o in sorted(commit.items())))
-        if failure is not None:
-            raise failure
-        return written
+        return report
 
     def _refresh_gauges(self, force: bool = False) -> None:
         now = time.monotonic()

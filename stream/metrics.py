@@ -6,11 +6,12 @@ the demo) can live in one process. The dashboard in ``deploy/`` is built on thes
 
 Counters
     ``l2g_frames_decoded_total{camera}``, ``l2g_frames_sampled_total{camera}``,
-    ``l2g_frames_skipped_total{camera,reason}`` (reason: sampling | load_shed | duplicate | corrupt),
+    ``l2g_frames_skipped_total{camera,reason}`` (reason: sampling | load_shed | duplicate | too_old | corrupt),
     ``l2g_frames_indexed_total{camera}``, ``l2g_queries_total{mode,outcome}`` (outcome: ok | partial | error),
     ``l2g_dead_letters_total{stage,reason}``, ``l2g_chunks_consumed_total{topic,partition}``,
     ``l2g_index_evicted_frames_total``, ``l2g_rebalances_total``, ``l2g_commits_total``,
-    ``l2g_snapshot_failures_total`` (a failed snapshot is retried; its offsets are not committed meanwhile)
+    ``l2g_snapshot_failures_total`` (a failed snapshot is retried; its offsets are not committed meanwhile),
+    ``l2g_extractor_errors_total{extractor}`` (extractor failures other than rejected input; see ``stream.failures``)
 Histograms
     ``l2g_query_latency_seconds{stage}`` (stage: queue, decode_image, extract, stage1, stage2, total),
     ``l2g_query_end_to_end_seconds`` (query ``sent_at`` to result published),
@@ -56,7 +57,8 @@ class StreamMetrics:
         self.frames_sampled = Counter("l2g_frames_sampled", "Decoded frames kept by the sampler.", ["camera"],
                                       registry=r)
         self.frames_skipped = Counter(
-            "l2g_frames_skipped", "Decoded frames not indexed, by reason (sampling, load_shed, duplicate, corrupt).",
+            "l2g_frames_skipped",
+            "Decoded frames not indexed, by reason (sampling, load_shed, duplicate, too_old, corrupt).",
             ["camera", "reason"], registry=r)
         self.frames_indexed = Counter("l2g_frames_indexed", "Frames newly added to the index.", ["camera"],
                                       registry=r)
@@ -68,6 +70,9 @@ class StreamMetrics:
         self.extractor_batch_seconds = Histogram("l2g_extractor_batch_seconds",
                                                  "Time of one extractor batch.", ["extractor"],
                                                  buckets=_BATCH_BUCKETS, registry=r)
+        self.extractor_errors = Counter("l2g_extractor_errors",
+                                        "Extractor failures other than rejected input (a bug or a runtime fault).",
+                                        ["extractor"], registry=r)
         self.extractor_batch_frames = Histogram("l2g_extractor_batch_frames", "Frames per extractor batch.",
                                                 ["extractor"], buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.sampling_fps = Gauge("l2g_sampling_fps", "Current sampling rate per camera (frames/s).", ["camera"],
@@ -98,6 +103,8 @@ class StreamMetrics:
                                ["mode", "outcome"], registry=r)
         self.query_latency = Histogram("l2g_query_latency_seconds", "Query latency per stage.", ["stage"],
                                        buckets=_QUERY_BUCKETS, registry=r)
+        self.queries_shed = Counter("l2g_queries_shed", "Queries this worker did not search because their deadline "
+                                    "could not be met (the answer says so).", registry=r)
         self.query_end_to_end = Histogram("l2g_query_end_to_end_seconds",
                                           "From the query's sent_at to its result being published.",
                                           buckets=_QUERY_BUCKETS, registry=r)

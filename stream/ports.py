@@ -1,4 +1,5 @@
-"""The seams the runtime depends on: a source of records, a sink for messages, and a feature extractor.
+"""The seams the runtime depends on: a source of records, a sink for messages, a feature extractor, and the loops
+the worker drives.
 
 :mod:`stream.kafka` implements them over kafka-python; :mod:`stream.testing` implements them in memory. Nothing
 else in the runtime imports a Kafka client, so another client (confluent-kafka) only needs these two classes.
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
     from l2g_core import FrameFeatures
 
-__all__ = ["FeatureExtractor", "MessageSink", "MessageSource", "Partition", "RebalanceCallback", "Record"]
+__all__ = ["FeatureExtractor", "Loop", "MessageSink", "MessageSource", "Partition", "RebalanceCallback", "Record"]
 
 
 @dataclass(frozen=True, order=True)
@@ -61,6 +62,26 @@ class Record:
 
 
 RebalanceCallback = Callable[[Collection[Partition]], None]
+"""Told of the partitions assigned, revoked or reset; runs inside :meth:`MessageSource.poll`."""
+
+
+class Loop(Protocol):
+    """One of the worker's loops (``IngestLoop``, ``QueryLoop``, ``MergeLoop``), driven by ``stream.worker.Worker``.
+
+    Lifecycle: ``start()`` once (subscribe or assign), ``run_once()`` repeatedly, ``close()`` once.
+    """
+
+    def start(self) -> None:
+        """Join the group or assign the partitions (the assignment may arrive with the first poll)."""
+        ...
+
+    def run_once(self) -> int:
+        """One poll and its processing; returns the records read."""
+        ...
+
+    def close(self) -> None:
+        """Finish (checkpoint where the loop keeps state) and release the consumer."""
+        ...
 
 
 @runtime_checkable

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,14 @@ from l2g_core import (
     prepare_query,
     rerank,
 )
+from l2g_core.errors import SnapshotError
+from l2g_core.index.persistence import SnapshotFiles, load_index, save_index
+from l2g_core.index.rolling import AddReport
 from stream.errors import ConfigurationError
 from stream.ports import Partition
 from stream.settings import IndexSettings
 
-__all__ = ["PartitionedIndex", "StoreStats", "index_tag"]
+__all__ = ["PartitionedIndex", "SnapshotReport", "StoreStats", "index_tag"]
 
 LOG = logging.getLogger(__name__)
 
@@ -81,6 +84,20 @@ class StoreStats:
     partitions: int
 
 
+@dataclass(frozen=True)
+class SnapshotReport:
+    """What :meth:`PartitionedIndex.snapshot` did.
+
+    Attributes:
+        written: partitions whose snapshot was written (their offsets may be committed), in order.
+        failed: partitions whose snapshot failed (disk full, I/O error), with the error; each keeps its previous
+            snapshot, stays dirty and is written by the next snapshot.
+    """
+
+    written: tuple[Partition, ...] = ()
+    failed: Mapping[Partition, SnapshotError] = field(default_factory=dict)
+
+
 class PartitionedIndex:
     """Rolling indexes keyed by partition, with per-partition snapshots and one merged search.
 
@@ -97,8 +114,7 @@ class PartitionedIndex:
         self._lock = threading.Lock()
         self._indexes: dict[Partition, RollingIndex] = {}
         self._dirty: set[Partition] = set()
-        self.last_failures: dict[Partition, BaseException] = {}
-        self.last_written: list[Partition] = []
+        self._files: dict[Partition, SnapshotFiles] = {}  # per partition, what its snapshot directory holds
 
     @classmethod
     def from_settings(cls, settings: IndexSettings, *, extractor: str, options: dict[str, Any], local_dim: int,
@@ -142,10 +158,11 @@ class PartitionedIndex:
                 return None
         path = self._path(part)
         offset: int | None = None
+        files = SnapshotFiles()
         if path is not None and path.exists():
             t0 = time.perf_counter()
             try:
-                index, meta = RollingIndex.load(path)
+                index, meta, files = load_index(path)
             except Exception as exc:
                 raise ConfigurationError(f"cannot load the snapshot of {part} at {path}: {exc}") from exc
             offset = int(meta["offset"]) if meta.get("offset") is not None else None
@@ -155,6 +172,7 @@ class PartitionedIndex:
             index = RollingIndex(self.config)
         with self._lock:
             self._indexes[part] = index
+            self._files[part] = files
         return offset
 
     def close_partition(self, part: Partition) -> None:
@@ -162,6 +180,7 @@ class PartitionedIndex:
         with self._lock:
             self._indexes.pop(part, None)
             self._dirty.discard(part)
+            self._files.pop(part, None)
 
     def partitions(self) -> list[Partition]:
         """Partitions with an open index."""
@@ -180,14 +199,14 @@ class PartitionedIndex:
         yield from pairs
 
     # ------------------------------------------------------------------ writes
-    def add(self, part: Partition, keys: list[Any], features: list[FrameFeatures]) -> int:
-        """Add frames to ``part``'s index; returns how many were new."""
+    def add(self, part: Partition, keys: list[Any], features: list[FrameFeatures]) -> AddReport:
+        """Add frames to ``part``'s index; returns what ``RollingIndex.add`` did (added, duplicates, evicted)."""
         index = self.get(part)
-        added = index.add(keys, features)
-        if added:
+        report = index.add(keys, features)
+        if report.added or report.evicted:
             with self._lock:
                 self._dirty.add(part)
-        return added
+        return report
 
     def mark_dirty(self, part: Partition) -> None:
         """Force the next :meth:`snapshot` to write ``part`` (its offset moved without new frames)."""
@@ -207,8 +226,11 @@ class PartitionedIndex:
         return dropped
 
     def snapshot(self, offsets: dict[Partition, int], metadata: dict[str, Any],
-                 only: Collection[Partition] | None = None) -> list[Partition]:
+                 only: Collection[Partition] | None = None) -> SnapshotReport:
         """Write the snapshots of dirty partitions (or of ``only``), each with its next offset.
+
+        A failure of one partition (``SnapshotError``: disk full, I/O error) does not stop the others. A failed
+        partition keeps its previous snapshot (writes are atomic), stays dirty and is retried by the next call.
 
         Args:
             offsets: next offset to read per partition; a partition without one is skipped.
@@ -216,40 +238,43 @@ class PartitionedIndex:
             only: restrict to these partitions (e.g. the ones being revoked).
 
         Returns:
-            The partitions written (also in :attr:`last_written`).
-
-        Raises:
-            Exception: the first failure (``SnapshotError``, ``OSError``: disk full, I/O error) after the other
-                partitions were written; every failed partition stays dirty (its previous snapshot stays valid) and is
-                listed in :attr:`last_failures`, so the next call retries it.
+            The partitions written and the ones that failed, with their errors.
         """
-        self.last_failures = {}
-        self.last_written = []
         if self.snapshot_root is None:
-            return []
+            return SnapshotReport()
         with self._lock:
             todo = [p for p in sorted(self._dirty) if (only is None or p in only) and p in offsets]
             indexes = {p: self._indexes[p] for p in todo}
-        written = []
+            previous = {p: self._files.get(p) for p in todo}
+        written: list[Partition] = []
+        failed: dict[Partition, SnapshotError] = {}
         for part in todo:
             path = self._path(part)
             assert path is not None
             meta = {**metadata, "topic": part.topic, "partition": part.partition, "offset": offsets[part],
                     "saved_at": time.time()}
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                indexes[part].save(path, metadata=meta)
-            except Exception as exc:  # the previous snapshot stays valid (writes are atomic); retried next time
+                files = self._write(indexes[part], path, meta, previous[part])
+            except SnapshotError as exc:  # the previous snapshot stays valid (writes are atomic); retried next time
                 LOG.error("snapshot of %s to %s failed: %s", part, path, exc)
-                self.last_failures[part] = exc
+                failed[part] = exc
                 continue
             with self._lock:
                 self._dirty.discard(part)
+                if self._indexes.get(part) is indexes[part]:  # not closed (or reopened) meanwhile
+                    self._files[part] = files
             written.append(part)
-        self.last_written = written
-        if self.last_failures:
-            raise next(iter(self.last_failures.values()))
-        return written
+        return SnapshotReport(tuple(written), failed)
+
+    @staticmethod
+    def _write(index: RollingIndex, path: Path, meta: dict[str, Any], previous: SnapshotFiles | None
+               ) -> SnapshotFiles:
+        """Save one partition's snapshot; every failure is a ``SnapshotError``."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SnapshotError(f"cannot create the snapshot directory {path.parent}: {exc}") from exc
+        return save_index(index, path, meta, previous)
 
     # ------------------------------------------------------------------ reads
     def stats(self) -> StoreStats:

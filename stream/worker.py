@@ -8,7 +8,9 @@ Threads (one consumer each, so no client is shared between threads)::
     l2g-http     HealthServer                                              /metrics /healthz /readyz
 
 The ingest and query loops use separate extractor instances (a query never waits for an ingest batch). Thread pools
-of torch and FAISS are set from ``runtime.torch_threads`` / ``runtime.faiss_threads`` before anything runs.
+of torch and FAISS are set from ``runtime.torch_threads`` / ``runtime.faiss_threads``, and the process-wide FAISS
+settings applied (``l2g_core.index.backend.configure_faiss``), before anything runs. What a failure in a loop does
+(retry, stop) is decided by :class:`stream.failures.LoopFailurePolicy`.
 
 Shutdown (SIGTERM or SIGINT, or :meth:`Worker.stop`): each loop finishes its current poll (the ingest batch in
 flight is indexed), the ingest loop snapshots and commits, and every consumer closes, leaving its group so its
@@ -26,15 +28,16 @@ import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from types import FrameType
-from typing import Any, Protocol
+from typing import Protocol
 
-from l2g_core import SnapshotError
+from l2g_core.index.backend import configure_faiss
 from stream.deadletter import DeadLetterPublisher
 from stream.errors import BrokerError, ConfigurationError
+from stream.failures import LoopFailurePolicy
 from stream.health import Health, HealthServer
 from stream.ingest import IngestLoop
 from stream.metrics import StreamMetrics
-from stream.ports import FeatureExtractor, MessageSink, MessageSource
+from stream.ports import FeatureExtractor, Loop, MessageSink, MessageSource
 from stream.query import MergeLoop, QueryLoop
 from stream.settings import RuntimeSettings, Settings
 from stream.store import PartitionedIndex
@@ -147,6 +150,7 @@ class Worker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.error: BaseException | None = None
+        self.failure_policy = LoopFailurePolicy()
         self._opened = False
 
     # ------------------------------------------------------------------ setup
@@ -171,6 +175,7 @@ class Worker:
             return self
         s = self.settings
         configure_threads(s.runtime)
+        configure_faiss()
         cid = f"{s.kafka.client_id}-{self.worker_id}"
         self.health.set_condition("extractor", False)
         if s.http.enabled:
@@ -223,10 +228,10 @@ class Worker:
         return self
 
     # ------------------------------------------------------------------ running
-    def loops(self) -> list[tuple[str, Any]]:
+    def loops(self) -> list[tuple[str, Loop]]:
         """``(name, loop)`` of the enabled loops."""
-        return [(n, lp) for n, lp in (("ingest", self.ingest), ("query", self.query), ("merge", self.merge))
-                if lp is not None]
+        named: list[tuple[str, Loop | None]] = [("ingest", self.ingest), ("query", self.query), ("merge", self.merge)]
+        return [(n, lp) for n, lp in named if lp is not None]
 
     def step(self) -> None:
         """One iteration of every loop in the calling thread (tests and single-threaded tools)."""
@@ -243,23 +248,20 @@ class Worker:
         LOG.info("worker %s started (%s)", self.worker_id, ", ".join(n for n, _ in self.loops()))
         return self
 
-    def _run_loop(self, name: str, loop: Any) -> None:
-        backoff = 0.5
+    def _run_loop(self, name: str, loop: Loop) -> None:
+        """Run ``loop`` until stopped; :attr:`failure_policy` decides what an exception does (stream.failures)."""
+        policy = self.failure_policy
+        backoff = policy.first_backoff_s
         try:
             while not self._stop.is_set():
                 try:
                     loop.run_once()
-                    backoff = 0.5
-                except BrokerError as exc:
+                    backoff = policy.first_backoff_s
+                except policy.retry_on as exc:  # BrokerError: back off and poll again
                     LOG.warning("%s loop: %s (retrying in %.1f s)", name, exc, backoff)
                     self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 10.0)
-                except (OSError, SnapshotError) as exc:  # a checkpoint failed (disk full): serve on, retry later
-                    LOG.error("%s loop: snapshot failed (%s); nothing committed for it, retrying at the next "
-                              "checkpoint", name, exc)
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 10.0)
-        except BaseException as exc:
+                    backoff = policy.next_backoff(backoff)
+        except BaseException as exc:  # anything else stops the worker (ExtractorCrashError included)
             LOG.exception("%s loop failed; stopping the worker", name)
             self.error = exc
             self._stop.set()

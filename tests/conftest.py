@@ -15,8 +15,11 @@ def _configure_threads() -> None:
     import faiss
     import torch
 
+    from l2g_core.index.backend import configure_faiss
+
     torch.set_num_threads(2)
     faiss.omp_set_num_threads(2)
+    configure_faiss()  # the process-wide FAISS settings every entry point applies (Worker.open, benchmarks)
 
 
 _configure_threads()

@@ -1,7 +1,13 @@
-"""FAISS index construction, GPU placement and (de)serialisation."""
+"""FAISS index construction, GPU placement and (de)serialisation.
+
+Process-wide FAISS settings are applied by :func:`configure_faiss`, which entry points call once at startup (the
+``l2g-stream`` worker in ``Worker.open``, the benchmarks in their ``main``, the test suite in its conftest);
+importing this module or building an index changes nothing process-wide.
+"""
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -11,20 +17,37 @@ import numpy as np
 from l2g_core.config import IndexConfig
 from l2g_core.errors import IndexStateError
 
-__all__ = ["deserialize", "gpu_available", "new_flat", "serialize", "train_ivfpq", "tune_faiss"]
+__all__ = [
+    "BLAS_THRESHOLD",
+    "configure_faiss",
+    "deserialize",
+    "gpu_available",
+    "gpu_resources",
+    "new_flat",
+    "serialize",
+    "train_ivfpq",
+]
 
-_tuned = threading.Event()
+BLAS_THRESHOLD = 20
+"""Query count from which flat search uses BLAS (see :func:`configure_faiss`)."""
 
 
-def tune_faiss() -> None:
-    """Process-wide FAISS settings, applied once.
+def configure_faiss(*, blas_threshold: int = BLAS_THRESHOLD, gpu: bool | None = None) -> None:
+    """Apply the process-wide FAISS settings; call once at an entry point, before building indexes.
 
-    faiss-cpu only uses BLAS for flat search with at least 128000 queries by default; a query image
-    has ~1000 descriptors, so the threshold is lowered (identical results, ~4x faster).
+    * ``faiss.cvar.distance_compute_blas_threshold``: faiss-cpu only uses BLAS for flat search with at least
+      128000 queries by default; a query image has ~1000 descriptors, so the threshold is lowered to
+      ``blas_threshold`` (identical results, ~4x faster).
+    * GPU resources: with ``gpu`` (default: when :func:`gpu_available`), the process's one
+      ``StandardGpuResources`` is created now, at startup, rather than by the first GPU shard.
+
+    Idempotent.
     """
-    if not _tuned.is_set():
-        faiss.cvar.distance_compute_blas_threshold = 20
-        _tuned.set()
+    faiss.cvar.distance_compute_blas_threshold = blas_threshold
+    if gpu is None:
+        gpu = gpu_available()
+    if gpu:
+        gpu_resources()
 
 
 def gpu_available() -> bool:
@@ -39,22 +62,37 @@ def use_gpu(config: IndexConfig) -> bool:
     return config.device == "cuda" or (config.device == "auto" and gpu_available())
 
 
-_gpu_resources: Any = None
+_GPU_LOCK = threading.Lock()
+
+
+@functools.cache
+def _new_gpu_resources() -> Any:
+    if not hasattr(faiss, "StandardGpuResources"):
+        raise IndexStateError("faiss was built without GPU support")
+    return faiss.StandardGpuResources()
+
+
+def gpu_resources() -> Any:
+    """The process's FAISS GPU memory pools (one ``StandardGpuResources``, shared by every GPU shard).
+
+    Created by :func:`configure_faiss` at startup, or by the first GPU shard when an entry point did not call it.
+
+    Raises:
+        IndexStateError: faiss has no GPU support.
+    """
+    with _GPU_LOCK:
+        return _new_gpu_resources()
 
 
 def to_device(index: faiss.Index, config: IndexConfig) -> faiss.Index:
     """Move a CPU index to the GPU when the config asks for it (flat indexes only)."""
-    global _gpu_resources
     if not use_gpu(config) or not isinstance(index, faiss.IndexFlat):
         return index
-    if _gpu_resources is None:
-        _gpu_resources = faiss.StandardGpuResources()
-    return faiss.index_cpu_to_gpu(_gpu_resources, 0, index)
+    return faiss.index_cpu_to_gpu(gpu_resources(), 0, index)
 
 
 def new_flat(dim: int) -> faiss.Index:
     """An exact inner-product index."""
-    tune_faiss()
     return faiss.IndexFlatIP(dim)
 
 
@@ -63,7 +101,6 @@ def train_ivfpq(sample: np.ndarray, config: IndexConfig) -> faiss.Index:
 
     The number of lists is reduced when the sample is small (FAISS wants ~39 points per centroid).
     """
-    tune_faiss()
     nlist = int(max(1, min(config.ivf_lists, sample.shape[0] // 39)))
     quantizer = faiss.IndexFlatIP(config.local_dim)
     index = faiss.IndexIVFPQ(quantizer, config.local_dim, nlist, config.pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
@@ -81,5 +118,4 @@ def serialize(index: faiss.Index) -> np.ndarray:
 
 def deserialize(blob: np.ndarray) -> faiss.Index:
     """Inverse of :func:`serialize`."""
-    tune_faiss()
     return faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))

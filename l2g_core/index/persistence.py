@@ -6,9 +6,17 @@ Layout of a snapshot directory::
     shard-<camera hash>-<bucket>-v<version>.npz   one file per shard version, written once
     template-<n>.faiss                  trained IVF-PQ codec, when the index is compressed
 
-A save writes only shards changed since the previous save, then the manifest, then deletes files the new
-manifest no longer names. A crash at any point leaves the previous manifest and its files intact, so a
-reader never sees a torn snapshot; leftovers are removed by the next save.
+A save writes the shards changed since the previous save (given the :class:`SnapshotFiles` that the previous
+:func:`save_index` or :func:`load_index` of the same index returned; every shard without it), then the manifest,
+then deletes files the new manifest no longer names. A crash at any point leaves the previous manifest and its
+files intact, so a reader never sees a torn snapshot; leftovers are removed by the next save.
+
+A shard is stored as its :meth:`Shard.to_arrays <l2g_core.index.shard.Shard.to_arrays>` and rebuilt with
+:meth:`Shard.from_arrays <l2g_core.index.shard.Shard.from_arrays>`; the index is rebuilt with
+:meth:`RollingIndex.from_shards <l2g_core.index.rolling.RollingIndex.from_shards>`. This module imports
+:mod:`~l2g_core.index.rolling`, never the other way round.
+
+One writer per directory: a second writer's cleanup may delete the files of a save in progress.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -28,13 +37,25 @@ from l2g_core.config import IndexConfig
 from l2g_core.errors import SnapshotError
 from l2g_core.index import backend
 from l2g_core.index.rolling import RollingIndex
-from l2g_core.index.shard import Shard, ShardId, new_shard
-from l2g_core.types import FrameKey
+from l2g_core.index.shard import Shard, ShardId
 
-__all__ = ["load_index", "save_index"]
+__all__ = ["SnapshotFiles", "load_index", "save_index"]
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotFiles:
+    """The files of one index's snapshot in its directory: what the next :func:`save_index` can keep.
+
+    Attributes:
+        shards: per shard, the version written and its file name.
+        template: file name of the trained codec (None while the index is flat).
+    """
+
+    shards: Mapping[ShardId, tuple[int, str]] = dataclasses.field(default_factory=dict)
+    template: str | None = None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -46,7 +67,7 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Write via ``write(fileobj)`` into a temporary file beside ``path``, fsync, then rename over it."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
@@ -61,39 +82,39 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def _npz_writer(arrays: dict[str, np.ndarray]) -> Callable[[IO[bytes]], None]:
+    def write(fh: IO[bytes]) -> None:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]  # (the stubs match **arrays against allow_pickle)
+
+    return write
+
+
 def _shard_file(shard: Shard) -> str:
     digest = hashlib.sha1(shard.id.camera_id.encode()).hexdigest()[:12]
     return f"shard-{digest}-{shard.id.bucket}-v{shard.version}.npz"
 
 
-def _shard_arrays(shard: Shard) -> dict[str, np.ndarray]:
-    counts = np.bincount(shard.feature_frame, minlength=len(shard)).astype(np.int64)
-    arrays = {
-        "timestamps": shard.timestamps,
-        "sequences": np.array([k.sequence for k in shard.keys], dtype=np.int64),
-        "globals": shard.globals,
-        "feature_counts": counts,
-        "rerank_counts": np.array([d.shape[0] for d in shard.rerank_descriptors], dtype=np.int64),
-        "rerank_descriptors": np.concatenate(shard.rerank_descriptors)
-        if shard.rerank_descriptors else np.zeros((0, shard.config.local_dim), np.float16),
-        "rerank_keypoints": np.concatenate(shard.rerank_keypoints)
-        if shard.rerank_keypoints else np.zeros((0, 2), np.float32),
-        "image_sizes": np.array(shard.image_sizes, dtype=np.int64).reshape(-1, 2),
-    }
-    raw = shard.raw_descriptors()
-    if raw is not None:
-        arrays["descriptors"] = raw
-    else:
-        arrays["index_blob"] = backend.serialize(shard.index)
-    return arrays
-
-
-def save_index(index: RollingIndex, directory: Path, metadata: dict[str, Any]) -> None:
+def save_index(index: RollingIndex, directory: str | Path, metadata: Mapping[str, Any] | None = None,
+               previous: SnapshotFiles | None = None) -> SnapshotFiles:
     """Snapshot ``index`` into ``directory`` (created if needed) with JSON-serialisable ``metadata``.
+
+    Args:
+        index: the index to save.
+        directory: the snapshot directory.
+        metadata: stored in the manifest and returned by :func:`load_index`.
+        previous: what the last successful :func:`save_index` or :func:`load_index` of this same index in this
+            directory returned; shards whose version it names (and whose file still exists) are not rewritten.
+            Without it every shard is written.
+
+    Returns:
+        The files of the new snapshot (pass them as ``previous`` next time).
 
     Raises:
         SnapshotError: the snapshot could not be written (the previous one stays valid).
     """
+    directory = Path(directory)
+    metadata = dict(metadata or {})
+    previous = previous or SnapshotFiles()
     try:
         json.dumps(metadata)
     except (TypeError, ValueError) as exc:
@@ -104,17 +125,16 @@ def save_index(index: RollingIndex, directory: Path, metadata: dict[str, Any]) -
             entries = []
             written: dict[ShardId, tuple[int, str]] = {}
             for shard in index.shards():
-                prev = index.saved_files.get(shard.id)
+                prev = previous.shards.get(shard.id)
                 name = _shard_file(shard)
                 if prev is None or prev[0] != shard.version or not (directory / prev[1]).exists():
-                    arrays = _shard_arrays(shard)
-                    _atomic_write(directory / name, lambda fh, a=arrays: np.savez(fh, **a))
+                    _atomic_write(directory / name, _npz_writer(shard.to_arrays()))
                 else:
                     name = prev[1]
                 written[shard.id] = (shard.version, name)
                 entries.append({"camera_id": shard.id.camera_id, "bucket": shard.id.bucket, "file": name})
-            template_name = index.saved_template
-            if index.template is not None and template_name is None:
+            template_name = None if index.template is None else previous.template
+            if index.template is not None and (template_name is None or not (directory / template_name).exists()):
                 template_name = f"template-{os.getpid()}-{len(entries)}.faiss"
                 blob = backend.serialize(index.template)
                 _atomic_write(directory / template_name, lambda fh: fh.write(blob.tobytes()))
@@ -129,8 +149,6 @@ def save_index(index: RollingIndex, directory: Path, metadata: dict[str, Any]) -
             payload = json.dumps(manifest, indent=1).encode()
             _atomic_write(directory / MANIFEST, lambda fh: fh.write(payload))
             _fsync_dir(directory)
-            index.saved_files = written
-            index.saved_template = template_name
         keep = {MANIFEST, *(e["file"] for e in entries)} | ({template_name} if template_name else set())
         for path in directory.iterdir():
             if path.name not in keep and (path.name.startswith(("shard-", "template-", ".tmp-"))):
@@ -140,9 +158,11 @@ def save_index(index: RollingIndex, directory: Path, metadata: dict[str, Any]) -
         raise
     except OSError as exc:
         raise SnapshotError(f"could not write snapshot to {directory}: {exc}") from exc
+    return SnapshotFiles(written, template_name)
 
 
-def load_index(directory: Path, config: IndexConfig | None = None) -> tuple[RollingIndex, dict[str, Any]]:
+def load_index(directory: str | Path, config: IndexConfig | None = None
+               ) -> tuple[RollingIndex, dict[str, Any], SnapshotFiles]:
     """Load the snapshot in ``directory``.
 
     Args:
@@ -150,11 +170,13 @@ def load_index(directory: Path, config: IndexConfig | None = None) -> tuple[Roll
         config: optional config to use instead of the saved one; dimensions must match.
 
     Returns:
-        ``(index, metadata)``.
+        ``(index, metadata, files)``; ``files`` lets the next :func:`save_index` of ``index`` keep unchanged
+        shard files.
 
     Raises:
         SnapshotError: missing or unreadable manifest or shard file, or a dimension mismatch.
     """
+    directory = Path(directory)
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
@@ -168,47 +190,21 @@ def load_index(directory: Path, config: IndexConfig | None = None) -> tuple[Roll
             f"config asks local={config.local_dim} global={config.global_dim}"
         )
     cfg = config or saved
-    index = RollingIndex(cfg)
     try:
         template = None
         if manifest["template"]:
             template = backend.deserialize(np.fromfile(directory / manifest["template"], dtype=np.uint8))
-            index.set_template(template)
-        saved_files: dict[ShardId, tuple[int, str]] = {}
+        shards: list[Shard] = []
+        files: dict[ShardId, tuple[int, str]] = {}
         for entry in manifest["shards"]:
             sid = ShardId(entry["camera_id"], int(entry["bucket"]))
-            with np.load(directory / entry["file"]) as data:
-                shard = _restore_shard(sid, cfg, template, {k: data[k] for k in data.files})
             # keep the saved version so the next change gets a new file name, never the referenced one
-            shard.version = int(entry["file"].rsplit("-v", 1)[1].split(".")[0])
-            index.attach(shard)
-            saved_files[sid] = (shard.version, entry["file"])
+            version = int(entry["file"].rsplit("-v", 1)[1].split(".")[0])
+            with np.load(directory / entry["file"]) as data:
+                shards.append(Shard.from_arrays(sid, cfg, {k: data[k] for k in data.files}, template=template,
+                                                version=version))
+            files[sid] = (version, entry["file"])
     except (OSError, KeyError, ValueError) as exc:
         raise SnapshotError(f"corrupt snapshot in {directory}: {exc}") from exc
-    index.saved_files = saved_files
-    index.saved_template = manifest["template"]
-    return index, dict(manifest["metadata"])
-
-
-def _restore_shard(sid: ShardId, cfg: IndexConfig, template: Any, data: dict[str, np.ndarray]) -> Shard:
-    shard = new_shard(sid, cfg, None)
-    if "index_blob" in data:
-        shard.index = backend.deserialize(data["index_blob"])
-        shard.num_features = int(shard.index.ntotal)
-    elif data["descriptors"].shape[0]:
-        shard.index.add(np.ascontiguousarray(data["descriptors"], dtype=np.float32))
-        shard.num_features = int(data["descriptors"].shape[0])
-    if template is not None and "descriptors" in data:
-        shard.compress(template)
-    counts = data["feature_counts"]
-    shard._feature_frame = [np.repeat(np.arange(len(counts), dtype=np.int64), counts)]
-    shard.keys = [
-        FrameKey(sid.camera_id, float(ts), int(seq))
-        for ts, seq in zip(data["timestamps"], data["sequences"], strict=True)
-    ]
-    shard._globals = list(data["globals"].astype(np.float32))
-    bounds = np.cumsum(data["rerank_counts"])[:-1]
-    shard.rerank_descriptors = list(np.split(data["rerank_descriptors"], bounds))
-    shard.rerank_keypoints = list(np.split(data["rerank_keypoints"].astype(np.float32), bounds))
-    shard.image_sizes = [(int(h), int(w)) for h, w in data["image_sizes"]]
-    return shard
+    index = RollingIndex.from_shards(cfg, shards, template)
+    return index, dict(manifest["metadata"]), SnapshotFiles(files, manifest["template"])

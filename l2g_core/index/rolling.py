@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
@@ -20,7 +18,7 @@ from l2g_core.index import backend
 from l2g_core.index.shard import Shard, ShardId, new_shard
 from l2g_core.types import FrameFeatures, FrameKey
 
-__all__ = ["IndexStats", "RollingIndex"]
+__all__ = ["AddReport", "IndexStats", "RollingIndex"]
 
 LOG = logging.getLogger(__name__)
 
@@ -52,6 +50,26 @@ class IndexStats:
         return self.newest_timestamp - self.oldest_timestamp
 
 
+@dataclass(frozen=True)
+class AddReport:
+    """What :meth:`RollingIndex.add` did with a batch, frame by frame.
+
+    Attributes:
+        added: frames newly indexed.
+        duplicates: frames skipped because a frame with the same ``FrameKey.dedup_key`` is already indexed (or
+            appears earlier in the batch).
+        too_old: frames skipped because they are older than the retention horizon.
+        evicted: frames already indexed that retention dropped after the batch moved the newest event time on.
+
+    ``added + duplicates + too_old`` is the batch size.
+    """
+
+    added: int = 0
+    duplicates: int = 0
+    too_old: int = 0
+    evicted: int = 0
+
+
 class RollingIndex:
     """Time-windowed index of frame features.
 
@@ -72,9 +90,6 @@ class RollingIndex:
         self._newest: float | None = None
         self._template: faiss.Index | None = None
         self._features = 0
-        # bookkeeping for incremental snapshots, owned by l2g_core.index.persistence
-        self.saved_files: dict[ShardId, tuple[int, str]] = {}
-        self.saved_template: str | None = None
         if config.index_kind == "ivfpq":
             LOG.info("index_kind=ivfpq: the first %d features are held flat until the codec is trained",
                      config.train_size)
@@ -156,8 +171,25 @@ class RollingIndex:
             return -math.inf
         return self._newest - self.config.retention_seconds
 
-    def add(self, keys: Sequence[FrameKey], features: Sequence[FrameFeatures]) -> int:
-        """Append a batch of frames.
+    @classmethod
+    def from_shards(cls, config: IndexConfig, shards: Iterable[Shard], template: faiss.Index | None = None
+                    ) -> RollingIndex:
+        """An index holding fully built ``shards`` (e.g. restored from a snapshot by
+        :func:`l2g_core.index.persistence.load_index`).
+
+        Args:
+            config: the index configuration (the shards' dimensions).
+            shards: shards with distinct ids, built for ``config``.
+            template: the trained IVF-PQ codec of compressed shards (None while the index is flat).
+        """
+        index = cls(config)
+        index._template = template
+        for shard in shards:
+            index._attach(shard)
+        return index
+
+    def add(self, keys: Sequence[FrameKey], features: Sequence[FrameFeatures]) -> AddReport:
+        """Append a batch of frames, then apply retention.
 
         Frames already indexed (same ``(camera_id, sequence)``) and frames older than the retention horizon
         are skipped. The batch is validated before anything is added.
@@ -167,7 +199,7 @@ class RollingIndex:
             features: one :class:`FrameFeatures` per frame, with the index's dimensions.
 
         Returns:
-            Number of frames actually added.
+            How many frames were added, skipped as duplicates or as too old, and evicted by retention.
 
         Raises:
             ShapeError: on a length or dimension mismatch (nothing is added).
@@ -183,8 +215,13 @@ class RollingIndex:
             horizon = self._horizon()
             groups: dict[ShardId, tuple[list[FrameKey], list[FrameFeatures]]] = {}
             seen: set[tuple[str, int]] = set()
+            duplicates = too_old = 0
             for key, feat in zip(keys, features, strict=True):
-                if key.dedup_key in self._where or key.dedup_key in seen or key.timestamp < horizon:
+                if key.dedup_key in self._where or key.dedup_key in seen:
+                    duplicates += 1
+                    continue
+                if key.timestamp < horizon:
+                    too_old += 1
                     continue
                 seen.add(key.dedup_key)
                 sid = ShardId(key.camera_id, math.floor(key.timestamp / self.config.bucket_seconds))
@@ -202,9 +239,9 @@ class RollingIndex:
                 for key in gkeys:
                     self._where[key.dedup_key] = sid
                 added += len(gkeys)
-            self.evict_expired()
+            evicted = self.evict_expired()
             self._maybe_compress()
-            return added
+            return AddReport(added=added, duplicates=duplicates, too_old=too_old, evicted=evicted)
 
     def _maybe_compress(self) -> None:
         kind = self.config.index_kind
@@ -222,13 +259,7 @@ class RollingIndex:
         for shard in flat:
             shard.compress(self._template)
 
-    def set_template(self, template: faiss.Index | None) -> None:
-        """Install a trained codec (used when loading a snapshot)."""
-        with self._lock:
-            self._template = template
-
-    def attach(self, shard: Shard) -> None:
-        """Insert a fully built shard (used when loading a snapshot)."""
+    def _attach(self, shard: Shard) -> None:
         with self._lock:
             self._shards[shard.id] = shard
             self._features += shard.num_features
@@ -255,17 +286,3 @@ class RollingIndex:
         with self._lock:
             horizon = self._horizon()
             return 0 if horizon == -math.inf else self.evict_before(horizon)
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
-        """Write an atomic, incremental snapshot to the directory ``path``; see :mod:`.persistence`."""
-        from l2g_core.index.persistence import save_index
-
-        save_index(self, Path(path), dict(metadata or {}))
-
-    @classmethod
-    def load(cls, path: str | Path, config: IndexConfig | None = None) -> tuple[RollingIndex, dict[str, Any]]:
-        """Load a snapshot written by :meth:`save`; returns the index and the saved metadata."""
-        from l2g_core.index.persistence import load_index
-
-        return load_index(Path(path), config)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ from l2g_core.config import IndexConfig
 from l2g_core.index import backend
 from l2g_core.types import FloatArray, FrameFeatures, FrameKey
 
-__all__ = ["Shard", "ShardId"]
+__all__ = ["Shard", "ShardId", "new_shard"]
 
 
 @dataclass(frozen=True, order=True)
@@ -146,6 +146,72 @@ class Shard:
             index.add(raw)
         self.index = index
         self.version += 1
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The shard's content as named arrays (what a snapshot stores); inverse of :meth:`from_arrays`.
+
+        Keys: ``timestamps``, ``sequences``, ``globals``, ``feature_counts`` (features per frame),
+        ``rerank_counts``, ``rerank_descriptors``, ``rerank_keypoints``, ``image_sizes``, and either
+        ``descriptors`` (a flat index's raw vectors) or ``index_blob`` (a compressed index, serialised).
+        """
+        counts = np.bincount(self.feature_frame, minlength=len(self)).astype(np.int64)
+        arrays = {
+            "timestamps": self.timestamps,
+            "sequences": np.array([k.sequence for k in self.keys], dtype=np.int64),
+            "globals": self.globals,
+            "feature_counts": counts,
+            "rerank_counts": np.array([d.shape[0] for d in self.rerank_descriptors], dtype=np.int64),
+            "rerank_descriptors": np.concatenate(self.rerank_descriptors)
+            if self.rerank_descriptors else np.zeros((0, self.config.local_dim), np.float16),
+            "rerank_keypoints": np.concatenate(self.rerank_keypoints)
+            if self.rerank_keypoints else np.zeros((0, 2), np.float32),
+            "image_sizes": np.array(self.image_sizes, dtype=np.int64).reshape(-1, 2),
+        }
+        raw = self.raw_descriptors()
+        if raw is not None:
+            arrays["descriptors"] = raw
+        else:
+            arrays["index_blob"] = backend.serialize(self.index)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, shard_id: ShardId, config: IndexConfig, arrays: Mapping[str, np.ndarray], *,
+                    template: faiss.Index | None = None, version: int = 0) -> Shard:
+        """Rebuild a shard from :meth:`to_arrays` output.
+
+        Args:
+            shard_id, config: the shard's id and its index's configuration.
+            arrays: the named arrays.
+            template: the index's trained IVF-PQ codec, if any; raw descriptors are compressed into it.
+            version: the version the rebuilt shard carries (a snapshot keeps the saved one, so the next change
+                gets a new version).
+
+        Raises:
+            KeyError: an array is missing; ValueError: the arrays are inconsistent.
+        """
+        shard = new_shard(shard_id, config, None)
+        if "index_blob" in arrays:
+            shard.index = backend.deserialize(arrays["index_blob"])
+            shard.num_features = int(shard.index.ntotal)
+        elif arrays["descriptors"].shape[0]:
+            shard.index.add(np.ascontiguousarray(arrays["descriptors"], dtype=np.float32))
+            shard.num_features = int(arrays["descriptors"].shape[0])
+        if template is not None and "descriptors" in arrays:
+            shard.compress(template)
+        counts = arrays["feature_counts"]
+        shard._feature_frame = [np.repeat(np.arange(len(counts), dtype=np.int64), counts)]
+        shard.keys = [
+            FrameKey(shard_id.camera_id, float(ts), int(seq))
+            for ts, seq in zip(arrays["timestamps"], arrays["sequences"], strict=True)
+        ]
+        shard._globals = list(arrays["globals"].astype(np.float32))
+        bounds = np.cumsum(arrays["rerank_counts"])[:-1]
+        shard.rerank_descriptors = list(np.split(arrays["rerank_descriptors"], bounds))
+        shard.rerank_keypoints = list(np.split(arrays["rerank_keypoints"].astype(np.float32), bounds))
+        shard.image_sizes = [(int(h), int(w)) for h, w in arrays["image_sizes"]]
+        shard._cache_globals = shard._cache_feature_frame = shard._cache_timestamps = None
+        shard.version = version
+        return shard
 
     def nbytes(self) -> int:
         """Approximate resident bytes (index codes, id maps, per-frame arrays)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from l2g_core import RollingIndex
+from l2g_core.index.persistence import load_index
 from stream.broker import EmbeddedBroker, free_port
 from stream.client import publish_segments
 from stream.kafka import KafkaSink, ensure_topics
@@ -115,7 +115,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_indexes_nothing_twice
 
     keys: list[tuple[str, int]] = []
     for part_dir in sorted((tmp_path / "snapshots").glob("*/*")):
-        index, _ = RollingIndex.load(part_dir)
+        index, _, _ = load_index(part_dir)
         keys += [k.dedup_key for shard in index.shards() for k in shard.keys]
     assert len(keys) == len(set(keys)) == total, "a frame is missing or indexed twice"
     assert set(keys) == {(name, i) for name in segments for i in range(200)}

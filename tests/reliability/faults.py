@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from l2g_core import RollingIndex
+from l2g_core.index.persistence import load_index
 from stream.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,7 +111,7 @@ def snapshot_keys(snapshot_dir: Path) -> tuple[list[tuple[str, int]], dict[str, 
     for part_dir in sorted(snapshot_dir.glob("*/*")):
         if not (part_dir / "manifest.json").exists():
             continue
-        index, meta = RollingIndex.load(part_dir)
+        index, meta, _ = load_index(part_dir)
         keys += [k.dedup_key for shard in index.shards() for k in shard.keys]
         offsets[part_dir.name] = int(meta["offset"])
     return keys, offsets

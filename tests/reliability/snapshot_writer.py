@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from l2g_core import FrameFeatures, FrameKey, IndexConfig, RollingIndex
+from l2g_core.index.persistence import SnapshotFiles, load_index, save_index
 
 LOCAL_DIM, GLOBAL_DIM, FEATURES, BATCH, FPS = 32, 16, 64, 10, 2.0
 START = 1_700_000_000.0
@@ -40,8 +41,9 @@ def frame(sequence: int) -> tuple[FrameKey, FrameFeatures]:
 def main() -> None:
     directory = Path(sys.argv[1])
     retention = float(sys.argv[2]) if len(sys.argv) > 2 else None
+    files: SnapshotFiles | None = None
     if (directory / "manifest.json").exists():
-        index, meta = RollingIndex.load(directory)
+        index, meta, files = load_index(directory)
         seq = int(meta["next_sequence"])
     else:
         index, seq = RollingIndex(config(retention)), 0
@@ -52,7 +54,7 @@ def main() -> None:
         seq += BATCH
         index.evict_expired()
         print(f"begin {seq}", flush=True)
-        index.save(directory, {"next_sequence": seq, "frames": len(index)})
+        files = save_index(index, directory, {"next_sequence": seq, "frames": len(index)}, files)
         print(f"saved {seq}", flush=True)
 
 

@@ -2,8 +2,8 @@
 
 The contract (``l2g_core.index.persistence``): a failed save raises ``SnapshotError`` and leaves the previous
 snapshot loadable with exactly its frames; a crash at any instant never leaves a snapshot that fails to load.
-``PartitionedIndex`` (``stream.store``) must keep a partition dirty after a failed snapshot so the next cycle
-retries it, and must report the snapshot's own offset after a restart.
+``PartitionedIndex`` (``stream.store``) must report a failed partition in its ``SnapshotReport`` and keep it dirty so
+the next cycle retries it, and must report the snapshot's own offset after a restart.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import pytest
 
 import l2g_core.index.persistence as persistence
 from l2g_core import RetrievalConfig, RollingIndex, SnapshotError
+from l2g_core.index.persistence import load_index, save_index
 from stream.ports import Partition
-from stream.store import PartitionedIndex
+from stream.store import PartitionedIndex, SnapshotReport
 from tests.reliability import snapshot_writer as sw
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,15 +125,15 @@ class DiskFull:
 def _write_steps(tmp_path: Path) -> int:
     """How many files the second save of the scenario writes (shards changed + manifest)."""
     snap = tmp_path / "count"
-    build(60).save(snap, {"n": 60})
-    index, _ = RollingIndex.load(snap)
+    save_index(build(60), snap, {"n": 60})
+    index, _, files = load_index(snap)
     batch = [frame(s) for s in range(60, 120)]
     index.add([k for k, _ in batch], [f for _, f in batch])
     counter = DiskFull("write", fail_at=-1)
     original = persistence._atomic_write
     persistence._atomic_write = counter.atomic_write
     try:
-        index.save(snap, {"n": 120})
+        save_index(index, snap, {"n": 120}, files)
     finally:
         persistence._atomic_write = original
     return counter.calls
@@ -146,25 +147,25 @@ def test_disk_full_at_every_step_keeps_the_previous_snapshot(tmp_path: Path, mod
     for fail_at in range(1, steps + 1):
         snap = tmp_path / f"{mode}-{fail_at}"
         first = build(60)
-        first.save(snap, {"n": 60})
+        save_index(first, snap, {"n": 60})
         expected_keys, expected_answers = keys(first), answers(first)
-        index, _ = RollingIndex.load(snap)
+        index, _, files = load_index(snap)
         batch = [frame(s) for s in range(60, 120)]
         index.add([k for k, _ in batch], [f for _, f in batch])
 
         fault = DiskFull(mode, fail_at)
         fault.install(monkeypatch)
         with pytest.raises(SnapshotError, match="No space left"):
-            index.save(snap, {"n": 120})
+            save_index(index, snap, {"n": 120}, files)
         monkeypatch.undo()
 
-        loaded, meta = RollingIndex.load(snap)
+        loaded, meta, _ = load_index(snap)
         assert meta == {"n": 60}, (mode, fail_at)
         assert keys(loaded) == expected_keys and answers(loaded) == expected_answers
         assert no_temporaries(snap)
         # space comes back: the same index saves, and the new snapshot holds every frame once
-        index.save(snap, {"n": 120})
-        again, meta = RollingIndex.load(snap)
+        save_index(index, snap, {"n": 120}, files)
+        again, meta, _ = load_index(snap)
         assert meta == {"n": 120} and keys(again) == keys(index) and len(again) == 120
         files = {p.name for p in snap.iterdir()}
         manifest = json.loads((snap / "manifest.json").read_text())
@@ -178,14 +179,15 @@ def test_a_real_kernel_write_limit_fails_cleanly(tmp_path: Path) -> None:
         import resource, signal, json
         from pathlib import Path
         from l2g_core import SnapshotError
+        from l2g_core.index.persistence import save_index
         from tests.reliability.test_snapshot_faults import build
         snap = Path({str(snap)!r})
-        build(20).save(snap, {{"n": 20}})
+        save_index(build(20), snap, {{"n": 20}})
         index = build(400)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
         try:
-            index.save(snap, {{"n": 400}})
+            save_index(index, snap, {{"n": 400}})
             print(json.dumps({{"outcome": "saved"}}))
         except SnapshotError as exc:
             print(json.dumps({{"outcome": "SnapshotError", "message": str(exc)}}))
@@ -194,7 +196,7 @@ def test_a_real_kernel_write_limit_fails_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["outcome"] == "SnapshotError" and "File too large" in out["message"]
-    loaded, meta = RollingIndex.load(snap)
+    loaded, meta, _ = load_index(snap)
     assert meta == {"n": 20} and keys(loaded) == keys(build(20))
     assert no_temporaries(snap)
 
@@ -205,23 +207,21 @@ def test_partitioned_index_retries_a_failed_snapshot(tmp_path: Path, monkeypatch
     assert store.open(part) is None
     first = [frame(s) for s in range(40)]
     store.add(part, [k for k, _ in first], [f for _, f in first])
-    assert store.snapshot({part: 7}, {"worker": "w1"}) == [part]
+    assert store.snapshot({part: 7}, {"worker": "w1"}) == SnapshotReport(written=(part,))
     second = [frame(s) for s in range(40, 80)]
     store.add(part, [k for k, _ in second], [f for _, f in second])
 
     DiskFull("write", 1).install(monkeypatch)
-    try:  # the failure is reported (raised after the other partitions, or only listed); never a partial write
-        written = store.snapshot({part: 15}, {"worker": "w1"})
-    except SnapshotError:
-        written = []
-    assert written == [] and "No space left" in str(store.last_failures[part])
+    report = store.snapshot({part: 15}, {"worker": "w1"})  # reported, never raised, never a partial write
+    assert report.written == () and list(report.failed) == [part]
+    assert isinstance(report.failed[part], SnapshotError) and "No space left" in str(report.failed[part])
     monkeypatch.undo()
 
     restarted = PartitionedIndex(sw.config(None), RetrievalConfig(), tmp_path / "tag")
     assert restarted.open(part) == 7  # the last good snapshot's offset, not the failed one's
     assert len(restarted) == 40
     # the partition is still dirty: the next cycle writes it without new frames
-    assert store.snapshot({part: 15}, {"worker": "w1"}) == [part]
+    assert store.snapshot({part: 15}, {"worker": "w1"}) == SnapshotReport(written=(part,))
     restarted = PartitionedIndex(sw.config(None), RetrievalConfig(), tmp_path / "tag")
     assert restarted.open(part) == 15 and len(restarted) == 80
 
@@ -251,7 +251,7 @@ def _kill_loop(snap: Path, kills: int, retention: float | None, seed: int) -> di
         if lines and lines[-1].startswith("begin"):
             stats["mid_save"] += 1
         # whatever the instant, the snapshot loads and is self-consistent
-        loaded, meta = RollingIndex.load(snap)
+        loaded, meta, _ = load_index(snap)
         stats["loads"] += 1
         got = keys(loaded)
         assert len(got) == meta["frames"] == len(set(got))
@@ -283,9 +283,9 @@ def test_two_writers_interleaved_in_one_directory(tmp_path: Path, monkeypatch: p
     it no longer owns.
     """
     snap = tmp_path / "snap"
-    build(40).save(snap, {"n": 40})
-    a, _ = RollingIndex.load(snap)
-    b, _ = RollingIndex.load(snap)
+    save_index(build(40), snap, {"n": 40})
+    a, _, a_files = load_index(snap)
+    b, _, b_files = load_index(snap)
     more_a = [frame(s) for s in range(40, 80)]
     a.add([k for k, _ in more_a], [f for _, f in more_a])
     more_b = [frame(s) for s in range(40, 60)]
@@ -306,7 +306,7 @@ def test_two_writers_interleaved_in_one_directory(tmp_path: Path, monkeypatch: p
 
     def save_a() -> None:
         try:
-            a.save(snap, {"n": 80, "writer": "A"})
+            save_index(a, snap, {"n": 80, "writer": "A"}, a_files)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -314,13 +314,13 @@ def test_two_writers_interleaved_in_one_directory(tmp_path: Path, monkeypatch: p
     a_thread.append(thread)
     thread.start()
     assert a_ready.wait(30)
-    b.save(snap, {"n": 60, "writer": "B"})
+    save_index(b, snap, {"n": 60, "writer": "B"}, b_files)
     b_done.set()
     thread.join(30)
     monkeypatch.undo()
     assert not errors
     try:
-        loaded, meta = RollingIndex.load(snap)
+        loaded, meta, _ = load_index(snap)
     except SnapshotError as exc:
         pytest.fail(f"two writers left a torn snapshot: {exc}")
     assert len(loaded) == meta["n"]

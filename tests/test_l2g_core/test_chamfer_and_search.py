@@ -35,7 +35,7 @@ def test_exhaustive_neighbour_lists_give_exact_chamfer(tau: float, alpha: float)
 def test_index_search_matches_brute_force() -> None:
     video = make_synthetic_video(num_frames=60, num_scenes=6, features_per_frame=40, local_dim=32, seed=5)
     index = RollingIndex(IndexConfig(local_dim=32, global_dim=32, retention_seconds=None, bucket_seconds=10.0))
-    assert index.add(video.keys, video.features) == 60
+    assert index.add(video.keys, video.features).added == 60
     cfg = RetrievalConfig(neighbors=10_000, kernel_tau=0.0, kernel_alpha=1.0)
     query = video.queries[0].descriptors
     cands = local_candidates(index, query, cfg, limit=60)

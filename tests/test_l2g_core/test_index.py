@@ -20,6 +20,9 @@ from l2g_core import (
     SnapshotError,
 )
 from l2g_core.datasets import make_synthetic_video
+from l2g_core.index.persistence import load_index, save_index
+from l2g_core.index.rolling import AddReport
+from l2g_core.index.shard import Shard
 
 
 def _video(frames: int = 80, seed: int = 0, fps: float = 2.0):
@@ -41,8 +44,8 @@ def _ranking(index: RollingIndex, query: FrameFeatures, mode: str = "local") -> 
 def test_duplicates_are_skipped() -> None:
     v = _video()
     index = RollingIndex(_config())
-    assert index.add(v.keys[:50], v.features[:50]) == 50
-    assert index.add(v.keys[40:], v.features[40:]) == 30  # 10 overlap
+    assert index.add(v.keys[:50], v.features[:50]).added == 50
+    assert index.add(v.keys[40:], v.features[40:]).added == 30  # 10 overlap
     assert len(index) == 80
     assert index.stats().features == sum(f.num_features for f in v.features)
     assert index.contains(v.keys[0]) and not index.contains(FrameKey("cam-0", 0.0, 10_000))
@@ -69,7 +72,7 @@ def test_retention_drops_whole_buckets_and_their_memory() -> None:
     assert all(s.time_range[1] > newest - 20.0 for s in index.shards())
     assert stats.frames == len(index) < 120
     late = FrameKey("cam-0", v.keys[0].timestamp, 99_999)  # far behind the horizon
-    assert index.add([late], [v.features[0]]) == 0
+    assert index.add([late], [v.features[0]]).added == 0
     before = index.stats().nbytes
     assert index.evict_before(newest + 100) == stats.frames
     assert index.stats().frames == 0 and index.stats().nbytes < before and index.stats().features == 0
@@ -114,15 +117,15 @@ def test_snapshot_round_trip_gives_identical_answers(tmp_path: Path) -> None:
     v = _video()
     index = RollingIndex(_config())
     index.add(v.keys, v.features)
-    index.save(tmp_path / "snap", {"offsets": {"video:0": 41}})
-    loaded, meta = RollingIndex.load(tmp_path / "snap")
+    save_index(index, tmp_path / "snap", {"offsets": {"video:0": 41}})
+    loaded, meta, _ = load_index(tmp_path / "snap")
     assert meta == {"offsets": {"video:0": 41}}
     assert len(loaded) == len(index) and loaded.stats().features == index.stats().features
     for q in v.queries:
         for mode in ("local", "global", "l2g"):
             assert _ranking(loaded, q, mode) == _ranking(index, q, mode)
     # duplicates are still recognised after a restart
-    assert loaded.add(v.keys[:5], v.features[:5]) == 0
+    assert loaded.add(v.keys[:5], v.features[:5]).added == 0
 
 
 def test_snapshot_is_incremental_and_cleans_up(tmp_path: Path) -> None:
@@ -130,16 +133,16 @@ def test_snapshot_is_incremental_and_cleans_up(tmp_path: Path) -> None:
     index = RollingIndex(_config())
     index.add(v.keys[:60], v.features[:60])
     snap = tmp_path / "snap"
-    index.save(snap)
+    files = save_index(index, snap)
     first = {p.name: p.stat().st_mtime_ns for p in snap.glob("shard-*")}
     index.add(v.keys[60:], v.features[60:])
-    index.save(snap)
+    save_index(index, snap, previous=files)
     second = {p.name: p.stat().st_mtime_ns for p in snap.glob("shard-*")}
     unchanged = [n for n in first if n in second]
     assert unchanged and all(first[n] == second[n] for n in unchanged)  # untouched shards not rewritten
     manifest = json.loads((snap / "manifest.json").read_text())
     assert {e["file"] for e in manifest["shards"]} == set(second)  # no orphan files
-    assert len(RollingIndex.load(snap)[0]) == 120
+    assert len(load_index(snap)[0]) == 120
 
 
 def test_torn_write_leaves_previous_snapshot_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,7 +150,7 @@ def test_torn_write_leaves_previous_snapshot_valid(tmp_path: Path, monkeypatch: 
     index = RollingIndex(_config())
     index.add(v.keys[:40], v.features[:40])
     snap = tmp_path / "snap"
-    index.save(snap, {"n": 40})
+    save_index(index, snap, {"n": 40})
     index.add(v.keys[40:], v.features[40:])
 
     import l2g_core.index.persistence as persistence
@@ -157,23 +160,23 @@ def test_torn_write_leaves_previous_snapshot_valid(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(persistence.np, "savez", disk_full)
     with pytest.raises(SnapshotError, match="No space left"):
-        index.save(snap, {"n": 80})
+        save_index(index, snap, {"n": 80})
     monkeypatch.undo()
-    loaded, meta = RollingIndex.load(snap)
+    loaded, meta, _ = load_index(snap)
     assert meta == {"n": 40} and len(loaded) == 40
     assert not list(snap.glob(".tmp-*"))
 
 
 def test_corrupt_or_missing_snapshot_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SnapshotError, match="no readable snapshot manifest"):
-        RollingIndex.load(tmp_path / "nothing")
+        load_index(tmp_path / "nothing")
     v = _video()
     index = RollingIndex(_config())
     index.add(v.keys, v.features)
-    index.save(tmp_path / "snap")
+    save_index(index, tmp_path / "snap")
     next((tmp_path / "snap").glob("shard-*")).write_bytes(b"garbage")
     with pytest.raises(SnapshotError, match="corrupt snapshot"):
-        RollingIndex.load(tmp_path / "snap")
+        load_index(tmp_path / "snap")
 
 
 def test_auto_compression_to_ivfpq_keeps_answers_close(tmp_path: Path) -> None:
@@ -190,7 +193,66 @@ def test_auto_compression_to_ivfpq_keeps_answers_close(tmp_path: Path) -> None:
         _ranking(flat, q)[0][0] == _ranking(compressed, q)[0][0] for q in v.queries
     ]
     assert sum(agree) >= 6  # top-1 mostly unchanged under 8-byte PQ
-    compressed.save(tmp_path / "snap")
-    loaded, _ = RollingIndex.load(tmp_path / "snap")
+    save_index(compressed, tmp_path / "snap")
+    loaded, _, _ = load_index(tmp_path / "snap")
     assert loaded.stats().kind == "ivfpq"
     assert [_ranking(loaded, q) for q in v.queries] == [_ranking(compressed, q) for q in v.queries]
+
+
+def test_add_reports_what_it_added_skipped_and_evicted() -> None:
+    v = _video(frames=120, fps=2.0)  # two frames a second, cameras alternating
+    index = RollingIndex(_config(retention_seconds=20.0))
+    assert index.add(v.keys[:40], v.features[:40]) == AddReport(added=40)  # 20 s: nothing is old enough to drop
+    late = FrameKey("cam-0", v.keys[0].timestamp - 100.0, 99_999)  # behind the retention horizon
+    keys = [*v.keys[30:80], v.keys[45], late]  # 30..39 are indexed already; 45 twice in the batch
+    feats = [*v.features[30:80], v.features[45], v.features[0]]
+    report = index.add(keys, feats)
+    # the newest frame is now at +39.5 s: the bucket [0, 10) s ends before the horizon (+19.5 s) and is dropped
+    assert report == AddReport(added=40, duplicates=11, too_old=1, evicted=20)
+    assert report.added + report.duplicates + report.too_old == len(keys)
+    assert len(index) == 40 + 40 - 20
+    assert index.add([], []) == AddReport()
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+def test_shard_round_trips_through_its_arrays(kind: str) -> None:
+    v = make_synthetic_video(num_frames=300, num_scenes=20, features_per_frame=64, local_dim=32, global_dim=16,
+                             num_queries=3, seed=3)
+    config = _config(index_kind=kind, train_size=2000, ivf_lists=16, pq_bytes=8, nprobe=16)
+    index = RollingIndex(config)
+    index.add(v.keys, v.features)
+    assert all(s.kind == kind for s in index.shards())
+    queries = np.ascontiguousarray(v.queries[0].descriptors, dtype=np.float32)
+    for shard in index.shards():
+        arrays = shard.to_arrays()
+        assert ("descriptors" in arrays) == (kind == "flat") and ("index_blob" in arrays) == (kind == "ivfpq")
+        rebuilt = Shard.from_arrays(shard.id, config, arrays, template=index.template, version=shard.version)
+        assert (rebuilt.id, rebuilt.version, rebuilt.kind, len(rebuilt)) == (shard.id, shard.version, kind, len(shard))
+        assert rebuilt.keys == shard.keys and rebuilt.image_sizes == shard.image_sizes
+        assert rebuilt.num_features == shard.num_features
+        np.testing.assert_array_equal(rebuilt.globals, shard.globals)
+        np.testing.assert_array_equal(rebuilt.timestamps, shard.timestamps)
+        np.testing.assert_array_equal(rebuilt.feature_frame, shard.feature_frame)
+        for a, b in zip(rebuilt.rerank_descriptors, shard.rerank_descriptors, strict=True):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(rebuilt.rerank_keypoints, shard.rerank_keypoints, strict=True):
+            np.testing.assert_array_equal(a, b)
+        for got, want in zip(rebuilt.search(queries, 5), shard.search(queries, 5), strict=True):
+            np.testing.assert_array_equal(got, want)
+        again = rebuilt.to_arrays()
+        assert again.keys() == arrays.keys()
+        for name in arrays:
+            np.testing.assert_array_equal(again[name], arrays[name], err_msg=name)
+
+
+def test_an_index_is_built_from_restored_shards(tmp_path: Path) -> None:
+    v = _video()
+    index = RollingIndex(_config())
+    index.add(v.keys, v.features)
+    restored = RollingIndex.from_shards(index.config, [
+        Shard.from_arrays(s.id, index.config, s.to_arrays(), version=s.version) for s in index.shards()])
+    assert len(restored) == len(index) and restored.stats() == index.stats()
+    assert restored.newest_timestamp == index.newest_timestamp
+    assert restored.add(v.keys[:5], v.features[:5]) == AddReport(duplicates=5)
+    assert [_ranking(restored, q) for q in v.queries] == [_ranking(index, q) for q in v.queries]
+

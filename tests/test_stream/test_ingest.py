@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
-from l2g_core import RollingIndex
-from plugins import get_extractor
+import l2g_core.index.persistence as persistence
+from l2g_core import SnapshotError
+from plugins import ExtractorInputError, get_extractor
 from stream.deadletter import DeadLetterPublisher
+from stream.errors import ExtractorCrashError
 from stream.ingest import IngestLoop
 from stream.messages import DeadLetter, VideoChunk, decode_message, encode_message
 from stream.metrics import StreamMetrics
 from stream.ports import Partition
 from stream.sampling import keep_frame
 from stream.settings import Settings
-from stream.store import PartitionedIndex
+from stream.store import PartitionedIndex, SnapshotReport
 from stream.testing import MemoryBroker, MemorySink, MemorySource
 
 from .conftest import FPS, START, camera_chunks, make_settings, publish
@@ -25,8 +30,9 @@ from .conftest import FPS, START, camera_chunks, make_settings, publish
 pytestmark = pytest.mark.timeout(120)
 
 
-def build(settings: Settings, broker: MemoryBroker, member: str = "w1") -> tuple[IngestLoop, StreamMetrics]:
-    extractor = get_extractor(settings.extractor.name, **settings.extractor.options)
+def build(settings: Settings, broker: MemoryBroker, member: str = "w1",
+          extractor: Any = None) -> tuple[IngestLoop, StreamMetrics]:
+    extractor = extractor or get_extractor(settings.extractor.name, **settings.extractor.options)
     extractor.setup()
     index = PartitionedIndex.from_settings(settings.index, extractor=extractor.name, options=extractor.options(),
                                            local_dim=extractor.local_dim, global_dim=extractor.global_dim)
@@ -112,7 +118,7 @@ def test_restart_resumes_from_the_snapshot_and_dedups_replays(tmp_path: Path, br
     assert metrics2.value("l2g_frames_skipped_total", {"reason": "duplicate"}) == 4
     loop2.close()
     snap = tmp_path / "snapshots"
-    loaded, meta = RollingIndex.load(next(p for p in snap.glob("*/*") if p.name.endswith(f"-{part.partition}")))
+    loaded, meta, _ = persistence.load_index(next(p for p in snap.glob("*/*") if p.name.endswith(f"-{part.partition}")))
     assert meta["offset"] == broker.end(part)
     keys = [k.dedup_key for s in loaded.shards() for k in s.keys]
     assert len(keys) == len(set(keys)) == 16
@@ -231,7 +237,7 @@ def test_without_a_snapshot_dir_nothing_is_committed(broker: MemoryBroker) -> No
     publish(broker, "l2g.video", camera_chunks("cam-a", 1))
     loop, _ = build(settings, broker)
     drain(loop, broker)
-    assert loop.checkpoint() == []
+    assert loop.checkpoint() == SnapshotReport()
     assert all(broker.committed(settings.ingest.group_id, Partition("l2g.video", i)) is None for i in range(3))
 
 
@@ -268,14 +274,87 @@ def test_a_failed_snapshot_is_retried_and_commits_nothing_meanwhile(
     loop, metrics = build(settings, broker)
     drain(loop, broker)
 
-    def full(self: RollingIndex, path: object, metadata: object = None) -> None:
+    def full(path: Path, write: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(RollingIndex, "save", full)
-    with pytest.raises(OSError, match="No space"):  # the worker logs it and goes on (tests/test_stream/test_worker)
-        loop.checkpoint()
+    monkeypatch.setattr(persistence, "_atomic_write", full)
+    report = loop.checkpoint()  # reported, not raised: the loop goes on (tests/test_stream/test_worker)
+    assert report.written == () and len(report.failed) == 1
+    assert all(isinstance(e, SnapshotError) and "No space" in str(e) for e in report.failed.values())
     assert metrics.value("l2g_snapshot_failures_total") == 1
     assert all(broker.committed(settings.ingest.group_id, p) is None for p in broker.partitions_of("l2g.video"))
     monkeypatch.undo()
-    assert loop.checkpoint() != []  # the partition stayed dirty: written and committed once the disk is back
+    assert loop.checkpoint().written != ()  # the partition stayed dirty: written and committed once the disk is back
     assert sum(broker.committed(settings.ingest.group_id, p) or 0 for p in broker.partitions_of("l2g.video")) == 2
+
+
+class FaultyExtractor:
+    """The toy extractor, raising ``error()`` for every batch holding a frame ``bad`` picks (first frame seen: the
+    first frame extracted; always: every frame) while ``armed``."""
+
+    def __init__(self, error: Any, bad: str = "first", armed: bool = True) -> None:
+        self.inner = get_extractor("toy")
+        self.name = self.inner.name
+        self.local_dim, self.global_dim = self.inner.local_dim, self.inner.global_dim
+        self.error, self.bad, self.armed = error, bad, armed
+        self.first: bytes | None = None
+
+    def __getattr__(self, name: str) -> Any:  # options(), snapshot_identity(), ...: the toy extractor's
+        return getattr(self.inner, name)
+
+    def setup(self) -> None:
+        self.inner.setup()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def extract(self, frames: np.ndarray) -> Any:
+        if self.first is None:
+            self.first = frames[0].tobytes()
+        if self.armed and (self.bad == "always" or any(f.tobytes() == self.first for f in frames)):
+            raise self.error()
+        return self.inner.extract(frames)
+
+
+def test_frames_the_extractor_rejects_are_dead_lettered_as_extractor_input(tmp_path: Path,
+                                                                             broker: MemoryBroker) -> None:
+    settings = make_settings(tmp_path)
+    publish(broker, "l2g.video", camera_chunks("cam-a", 1))
+    extractor = FaultyExtractor(lambda: ExtractorInputError("frames of 1x1 are too small"))
+    loop, metrics = build(settings, broker, extractor=extractor)
+    drain(loop, broker)
+    letters = dead_letters(broker)
+    assert [(d.stage, d.reason) for d in letters] == [("ingest", "extractor_input")]
+    assert letters[0].error_class == "ExtractorInputError" and "too small" in letters[0].error_message
+    assert len(loop.index) == 7  # the batch was retried frame by frame: only the rejected frame is missing
+    assert metrics.value("l2g_dead_letters_total", {"stage": "ingest", "reason": "extractor_input"}) == 1
+    assert metrics.value("l2g_extractor_errors_total") == 0
+
+
+@pytest.mark.parametrize("error", [RuntimeError, ValueError, TypeError])
+def test_an_extractor_bug_is_a_crash_report_not_a_dead_letter(tmp_path: Path, broker: MemoryBroker, error: Any,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    settings = make_settings(tmp_path)
+    chunks = camera_chunks("cam-a", 1)
+    publish(broker, "l2g.video", chunks[:1])
+    extractor = FaultyExtractor(lambda: error("a bug in the extractor"), bad="always", armed=False)
+    loop, metrics = build(settings, broker, extractor=extractor)
+    drain(loop, broker)
+    part = next(p for p in loop.index.partitions() if len(loop.index.get(p)))
+    assert len(loop.index) == 4 and loop.positions[part] == 1
+
+    extractor.armed = True
+    publish(broker, "l2g.video", chunks[1:])
+    with caplog.at_level(logging.ERROR, logger="stream.failures"), \
+            pytest.raises(ExtractorCrashError, match="a bug in the extractor") as info:
+        for _ in range(50):
+            loop.run_once()
+    assert isinstance(info.value.__cause__, error) and info.value.extractor == "toy"
+    crash = [r for r in caplog.records if r.name == "stream.failures"]
+    assert len(crash) == 1 and crash[0].exc_info is not None and crash[0].exc_info[1] is info.value.__cause__
+    assert metrics.value("l2g_extractor_errors_total", {"extractor": "toy"}) == 1
+    assert dead_letters(broker) == [] and metrics.value("l2g_dead_letters_total") == 0
+    assert loop.positions[part] == 1  # not past the failed batch
+    loop.close()  # what Worker does when the policy stops it: the final checkpoint commits only what was indexed
+    assert broker.committed(settings.ingest.group_id, part) == 1  # a restarted worker reads the batch again
+

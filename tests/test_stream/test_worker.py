@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from stream.errors import ConfigurationError
+from stream.ports import FeatureExtractor
+from stream.settings import Settings
 from stream.testing import MemoryBroker, MemoryConnector
 from stream.worker import Worker
 
@@ -88,15 +90,15 @@ def test_unknown_extractor_is_a_configuration_error(tmp_path: Path) -> None:
 
 
 def test_a_failing_snapshot_does_not_stop_the_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from l2g_core import RollingIndex
+    import l2g_core.index.persistence as persistence
 
     broker = MemoryBroker(3)
     worker = Worker(make_settings(tmp_path, ingest={"commit_interval_s": 0.05}), connector=MemoryConnector(broker))
 
-    def full(self: RollingIndex, path: object, metadata: object = None) -> None:
+    def full(path: object, write: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(RollingIndex, "save", full)
+    monkeypatch.setattr(persistence, "_atomic_write", full)
     worker.start()
     try:
         publish(broker, "l2g.video", camera_chunks("cam-a", 1))
@@ -114,3 +116,34 @@ def test_a_failing_snapshot_does_not_stop_the_worker(tmp_path: Path, monkeypatch
         monkeypatch.undo()
         worker.stop()
     assert sum(broker.committed("l2g-ingest", p) or 0 for p in broker.partitions_of("l2g.video")) == 2
+
+
+def test_an_extractor_bug_stops_the_worker_without_dead_letters(tmp_path: Path) -> None:
+    from plugins import get_extractor
+    from stream.errors import ExtractorCrashError
+
+    from .test_ingest import FaultyExtractor
+
+    broker = MemoryBroker(3)
+    made: list[object] = []
+
+    def factory(settings: Settings) -> FeatureExtractor:  # the ingest extractor has the bug, the query one not
+        made.append(None)
+        return FaultyExtractor(lambda: RuntimeError("a bug"), bad="always") if len(made) == 1 else get_extractor("toy")
+
+    worker = Worker(make_settings(tmp_path), connector=MemoryConnector(broker), extractor_factory=factory)
+    worker.start()
+    try:
+        publish(broker, "l2g.video", camera_chunks("cam-a", 1))
+        deadline = time.monotonic() + 20
+        while not worker.stopping and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert worker.stopping
+    finally:
+        worker.stop()
+    assert isinstance(worker.error, ExtractorCrashError) and isinstance(worker.error.__cause__, RuntimeError)
+    assert worker.metrics.value("l2g_extractor_errors_total", {"extractor": "toy"}) == 1
+    assert worker.metrics.value("l2g_dead_letters_total") == 0 and broker.records("l2g.dead-letters") == []
+    # nothing was indexed, so nothing is committed: a restarted worker reads every chunk again
+    assert all(broker.committed("l2g-ingest", p) is None for p in broker.partitions_of("l2g.video"))
+
