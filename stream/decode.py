@@ -18,7 +18,16 @@ import numpy.typing as npt
 
 from stream.errors import ImageDecodeError, VideoDecodeError
 
-__all__ = ["SUPPORTED_CODECS", "DecodedChunk", "DecodedFrame", "decode_chunk", "decode_image", "fit_size"]
+__all__ = [
+    "SUPPORTED_CODECS",
+    "DecodedChunk",
+    "DecodedFrame",
+    "declared_frames",
+    "decode_chunk",
+    "decode_image",
+    "fit_size",
+    "truncation_tolerance",
+]
 
 LOG = logging.getLogger(__name__)
 
@@ -65,10 +74,13 @@ class DecodedChunk:
         decoded: frames decoded in total.
         codec: the codec found.
         width, height: coded size of the stream.
-        error: set when decoding stopped early (truncated or corrupt tail) or frames were corrupt; ``frames`` hold
-            the good frames.
+        error: set when decoding stopped early (truncated or corrupt tail), frames were corrupt, or fewer frames
+            decoded than the container declares; ``frames`` hold the good frames.
         corrupt: frames the decoder flagged as corrupt (concealed errors); counted in ``decoded`` (they keep their
             frame number) but never selected.
+        declared: frames the container declares (:func:`declared_frames`); 0 when it declares none (MPEG-TS).
+        truncated: fewer frames decoded than ``declared``, beyond :func:`truncation_tolerance` (the data was cut
+            short); ``error`` then names both counts.
     """
 
     frames: list[DecodedFrame] = field(default_factory=list)
@@ -78,6 +90,31 @@ class DecodedChunk:
     height: int = 0
     error: str | None = None
     corrupt: int = 0
+    declared: int = 0
+    truncated: bool = False
+
+
+def declared_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """Frames the container declares for ``stream``; 0 when it declares none.
+
+    Only the MP4 family (``mov,mp4,...`` demuxer) is trusted: its sample table lists every frame stored, and the
+    stream duration applies the edit list, so the smaller of the sample count and duration x frame rate is taken
+    (a clip whose edit list hides 8 of its 467 samples presents 459 frames). MPEG-TS carries no count (its duration
+    is estimated from the data that arrived, so it shrinks with the data), and AVI indexes also count
+    dropped-frame entries that decode to nothing, so neither is checked.
+    """
+    if "mp4" not in (container.format.name or "").split(","):
+        return 0
+    counts = [stream.frames] if stream.frames > 0 else []
+    rate = stream.average_rate
+    if stream.duration and stream.time_base and rate:
+        counts.append(round(float(stream.duration * stream.time_base * rate)))
+    return max(0, min(counts)) if counts else 0
+
+
+def truncation_tolerance(declared: int) -> int:
+    """Frames a healthy file may decode fewer than it declares (B-frame delay, edit-list rounding): 2, or 1 %."""
+    return max(2, declared // 100)
 
 
 def decode_chunk(
@@ -107,7 +144,7 @@ def decode_chunk(
 
     Returns:
         The selected frames and decode statistics; ``error`` is set when the data ended in an error after at
-        least one frame.
+        least one frame, and ``error`` and ``truncated`` when fewer frames decoded than an MP4 declares.
 
     Raises:
         VideoDecodeError: nothing decodable (reason ``corrupt_video``), no video stream (``no_video_stream``),
@@ -138,6 +175,7 @@ def decode_chunk(
         error: str | None = None
         rate = float(stream.average_rate) if stream.average_rate else 0.0
         width, height = stream.codec_context.width, stream.codec_context.height
+        declared = declared_frames(source, stream)
         if width * height > max_pixels:
             raise VideoDecodeError(f"{width}x{height} frames exceed {max_pixels} pixels", reason="video_too_large")
         try:
@@ -167,9 +205,13 @@ def decode_chunk(
         if decoded == corrupt:
             raise VideoDecodeError(f"{codec} segment of {len(data)} bytes holds no decodable frame"
                                    + (f" ({corrupt} corrupt)" if corrupt else ""))
+        truncated = decoded < min(declared, max_frames) - truncation_tolerance(declared)
+        if truncated:  # the demuxer just ran out of data: keep what decoded and report the rest
+            shortfall = f"decoded {decoded} of {declared} frames the {container} container declares"
+            error = shortfall if error is None else f"{error} ({shortfall})"
         if corrupt and error is None:
             error = f"{corrupt} of {decoded} frames corrupt"
-    return DecodedChunk(frames, decoded, codec, width, height, error, corrupt)
+    return DecodedChunk(frames, decoded, codec, width, height, error, corrupt, declared, truncated)
 
 
 def decode_image(data: bytes, *, max_side: int = 640, max_pixels: int = 40_000_000) -> RGBImage:

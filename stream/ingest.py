@@ -311,9 +311,9 @@ class IngestLoop:
         truncated = result.error
         if truncated is None and chunk.frame_count is not None and result.decoded < chunk.frame_count:
             truncated = f"{result.decoded} of {chunk.frame_count} frames decodable"
-        if truncated is not None:  # index what came out, and report the rest
+        if truncated is not None:  # index what came out, and report the rest (short of the container's count too)
             self._reject(rec, VideoDecodeError(f"{camera} chunk {chunk.sequence}: {truncated}"),
-                         reason="corrupt_frames" if result.corrupt else "truncated_video")
+                         reason="truncated_video" if result.truncated or not result.corrupt else "corrupt_frames")
         return [_Frame(part, FrameKey(camera, chunk.start_time + f.offset, chunk.first_frame + f.index), f.image, rec)
                 for f in result.frames]
 

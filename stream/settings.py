@@ -212,18 +212,30 @@ class IndexSettings(_Group):
     """Rolling index and snapshots (mapped onto ``l2g_core.IndexConfig``).
 
     Attributes:
-        bucket_seconds, retention_seconds, max_features_per_frame, index_kind: see ``IndexConfig``.
+        bucket_seconds, max_features_per_frame, index_kind: see ``IndexConfig``.
+        retention_seconds: frames older than the newest event time of their partition minus this are evicted
+            (``IndexConfig``). ``null`` keeps everything: ``null`` in a YAML or JSON file, and the string ``null``
+            or ``none`` (any case) in the environment (``L2G_INDEX__RETENTION_SECONDS=null``) or in a TOML file;
+            an empty value, zero, a negative number or ``inf`` is refused.
         snapshot_dir: where snapshots go; without it nothing survives a restart and offsets are never
             committed (a commit would claim frames that only live in memory).
         retrieval: options of ``l2g_core.RetrievalConfig`` (e.g. ``{"shortlist": 300}``).
     """
 
     bucket_seconds: float = Field(60.0, gt=0.0)
-    retention_seconds: float | None = Field(3600.0, gt=0.0)
+    retention_seconds: float | None = Field(3600.0, gt=0.0, allow_inf_nan=False)
     max_features_per_frame: int = Field(512, ge=1)
     index_kind: Literal["auto", "flat", "ivfpq"] = "auto"
     snapshot_dir: Path | None = None
     retrieval: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("retention_seconds", mode="before")
+    @classmethod
+    def _retention_null(cls, value: Any) -> Any:
+        """The strings ``null`` and ``none`` (the environment cannot carry a JSON null) mean None."""
+        if isinstance(value, str) and value.strip().lower() in ("null", "none"):
+            return None
+        return value
 
 
 class ExtractorSettings(_Group):
@@ -245,12 +257,19 @@ class HttpSettings(_Group):
         enabled: serve it.
         host, port: listen address (port 0 picks a free port).
         liveness_timeout_s: ``/healthz`` fails when a loop has not made progress for this long.
+        request_timeout_s: whole-request deadline: a connection must send its request line and headers and get its
+            answer within this many seconds of being accepted, or it is closed (a client trickling its request
+            holds no thread: one thread serves every connection).
+        max_connections: connections open at once; a new one beyond it replaces the oldest one still sending
+            its request (or is closed at once when every open one is being answered).
     """
 
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(9400, ge=0, le=65535)
     liveness_timeout_s: float = Field(120.0, gt=0.0)
+    request_timeout_s: float = Field(5.0, gt=0.0, le=300.0)
+    max_connections: int = Field(128, ge=1, le=10_000)
 
 
 class StorageSettings(_Group):

@@ -179,7 +179,9 @@ class Worker:
         cid = f"{s.kafka.client_id}-{self.worker_id}"
         self.health.set_condition("extractor", False)
         if s.http.enabled:
-            self.server = HealthServer(self.health, self.metrics, s.http.host, s.http.port).start()
+            self.server = HealthServer(self.health, self.metrics, s.http.host, s.http.port,
+                                       request_timeout_s=s.http.request_timeout_s,
+                                       max_connections=s.http.max_connections).start()
         if s.topics.create:
             self.connector.ensure_topics(s)
         t0 = time.perf_counter()
