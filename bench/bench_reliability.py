@@ -7,6 +7,9 @@ tansu broker on loopback, with real H.264 MPEG-TS chunks of synthetic cameras an
   at ``--qps`` with a ``--budget`` second deadline each. Reported: end-to-end latency (sent → result read back)
   p50/p95/p99, the share of queries whose result came after their deadline or never, the share answered
   ``partial``, the ingest rate, and consumer lag.
+* ``burst``: ``--burst`` queries published at once after the cameras are ingested (one warm-up query first). Reported:
+  answered / unanswered, complete / partial (shed or cut at the deadline), how late each answer came relative to its
+  deadline (p50/p95/p99/max) and the share no later than 100 ms past it.
 * ``memory``: event time runs ``--memory-speed`` times faster than the wall clock (chunks carry advancing
   timestamps), with ``--retention`` seconds of retention, so the index fills and then evicts whole buckets. The
   resident memory (VmRSS) of the process is sampled every second; reported at the start of the steady state (once
@@ -38,9 +41,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import emit, machine, peak_rss_mb, percentiles, progress  # noqa: E402
+from l2g_core import MODES  # noqa: E402
 from stream.broker import EmbeddedBroker  # noqa: E402
+from stream.envelope import decode_message, encode_message  # noqa: E402
 from stream.kafka import KafkaSink, KafkaSource  # noqa: E402
-from stream.messages import Query, QueryResult, VideoChunk, decode_message, encode_message  # noqa: E402
+from stream.messages import Query, QueryResult, VideoChunk  # noqa: E402
 from stream.settings import Settings  # noqa: E402
 from stream.video import Segment, SyntheticCamera, encode_segments  # noqa: E402
 from stream.worker import Worker  # noqa: E402
@@ -243,6 +248,66 @@ def run_load(args: argparse.Namespace, broker: EmbeddedBroker, tmp: Path) -> dic
     }
 
 
+def run_burst(args: argparse.Namespace, broker: EmbeddedBroker, tmp: Path) -> dict[str, Any]:
+    """``--burst`` queries published at once (one worker, the cameras ingested first): lateness and shedding."""
+    settings = settings_for(broker, tmp / "burst", args, retention=None, bucket_s=60.0)
+    cameras = make_cameras(args.cameras, args.width, args.height)
+    worker = Worker(settings).start()
+    assert worker.wait_ready(120), "worker not ready"
+    reader = ResultReader(settings)
+    threading.Thread(target=reader.run, name="bench-results", daemon=True).start()
+    reader.ready.wait(30)
+    sink = KafkaSink(settings.kafka, client_id="bench-burst")
+    for _ in range(4):
+        for cam in cameras:
+            publish_chunk(sink, settings, cam, SEGMENT_S)
+    sink.flush(10.0)
+    deadline = time.monotonic() + 120
+    while worker.ingest is not None and sum(worker.ingest.positions.values()) < 4 * len(cameras) and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+    rng = random.Random(1)
+    queries = []
+    for i in range(args.burst + 1):
+        cam = rng.choice(cameras)
+        queries.append(Query(query_id=f"burst-{i}", image=crop_png(cam.cam.frame(rng.randrange(0, 30)), rng), k=5,
+                             mode=args.mode))
+    warm = queries.pop(0)  # one query alone first: the worker learns what a search costs
+    now = time.time()
+    out = encode_message(warm.model_copy(update={"deadline": now + 30.0, "sent_at": now}), source="bench")
+    sink.send(settings.topics.queries, out.value, key=out.key, headers=out.headers)
+    sink.flush(5.0)
+    while warm.query_id not in reader.results and time.time() < now + 35.0:
+        time.sleep(0.05)
+    progress(f"burst: {len(queries)} queries at once, {args.budget} s budget each ({args.extractor})")
+    now = time.time()
+    deadlines = {}
+    for q in queries:
+        q = q.model_copy(update={"deadline": now + args.budget, "sent_at": now})
+        out = encode_message(q, source="bench", max_bytes=settings.kafka.max_message_bytes)
+        sink.send(settings.topics.queries, out.value, key=out.key, headers=out.headers)
+        deadlines[q.query_id] = now + args.budget
+    sink.flush(10.0)
+    end = time.time() + args.budget + 10.0
+    while time.time() < end and not all(q in reader.results for q in deadlines):
+        time.sleep(0.05)
+    reader.stop.set()
+    shed = worker.metrics.value("l2g_queries_shed_total")
+    worker.stop()
+    sink.close()
+    late_by = [reader.results[q][0] - d for q, d in deadlines.items() if q in reader.results]
+    statuses = [reader.results[q][1].status for q in deadlines if q in reader.results]
+    n = len(deadlines)
+    return {
+        "part": "burst", "extractor": args.extractor, "mode": args.mode or "l2g", "queries": n,
+        "budget_s": args.budget, "answered": len(late_by), "unanswered": n - len(late_by),
+        "complete": statuses.count("complete"), "partial": statuses.count("partial"), "errors": statuses.count("error"),
+        "shed": shed, **{f"late_by_{k}": v for k, v in percentiles(late_by).items()},
+        "late_by_max_s": round(max(late_by), 3) if late_by else None,
+        "within_100ms_of_deadline": round(sum(x <= 0.1 for x in late_by) / n, 4) if n else None,
+    }
+
+
 def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
     if len(samples) < 3:
         return float("nan")
@@ -306,9 +371,10 @@ def run_memory(args: argparse.Namespace, broker: EmbeddedBroker, tmp: Path) -> d
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", nargs="+", choices=["load", "memory"], default=["load", "memory"])
+    parser.add_argument("--parts", nargs="+", choices=["load", "burst", "memory"], default=["load", "burst", "memory"])
     parser.add_argument("--extractor", default="toy")
-    parser.add_argument("--mode", choices=["global", "global_to_local", "local", "l2g"], default=None)
+    parser.add_argument("--mode", choices=MODES, default=None)
+    parser.add_argument("--burst", type=int, default=50, help="burst: queries published at once")
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=192)
@@ -328,6 +394,8 @@ def main(argv: list[str] | None = None) -> None:
         emit({"part": "machine", **machine()})
         if "load" in args.parts:
             emit(run_load(args, broker, tmp))
+        if "burst" in args.parts:
+            emit(run_burst(args, broker, tmp))
         if "memory" in args.parts:
             emit(run_memory(args, broker, tmp))
     finally:

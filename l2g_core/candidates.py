@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from l2g_core.plan import Stage
 from l2g_core.types import FloatArray, FrameKey
 
 __all__ = ["Candidates", "Coverage"]
@@ -14,38 +15,50 @@ __all__ = ["Candidates", "Coverage"]
 
 @dataclass(frozen=True)
 class Coverage:
-    """How much of the index a search covered.
+    """How much of the index a search covered (the one coverage type: library results and wire messages alike).
 
     Attributes:
         frames_searched, frames_total: frames in the shards searched / in all shards matching the filters.
         shards_searched, shards_total: the same for shards.
-        complete: False when the deadline stopped the search early or a stage was skipped.
-        notes: what was cut short, e.g. ``["deadline: 3 of 9 shards searched", "stage2 skipped"]``.
+        partitions_searched, partitions_total: indexes (video partitions of a deployment) whose candidates reached
+            the answer / indexes there are.
+        complete: False when the deadline stopped the search early, a stage was skipped or an index is missing.
+        indexed_from, indexed_to: event-time span of the indexes searched (None when empty).
+        notes: what was cut short, e.g. ``("deadline: 3 of 9 shards searched",)``.
     """
 
     frames_searched: int = 0
     frames_total: int = 0
     shards_searched: int = 0
     shards_total: int = 0
+    partitions_searched: int = 0
+    partitions_total: int = 0
     complete: bool = True
+    indexed_from: float | None = None
+    indexed_to: float | None = None
     notes: tuple[str, ...] = ()
 
     @staticmethod
     def combine(parts: Sequence[Coverage]) -> Coverage:
-        """Sum of the coverages of disjoint parts (e.g. shards on several workers)."""
+        """Sum of the coverages of disjoint parts (e.g. the indexes of several partitions)."""
+        froms = [p.indexed_from for p in parts if p.indexed_from is not None]
+        tos = [p.indexed_to for p in parts if p.indexed_to is not None]
         return Coverage(
             frames_searched=sum(p.frames_searched for p in parts),
             frames_total=sum(p.frames_total for p in parts),
             shards_searched=sum(p.shards_searched for p in parts),
             shards_total=sum(p.shards_total for p in parts),
+            partitions_searched=sum(p.partitions_searched for p in parts),
+            partitions_total=sum(p.partitions_total for p in parts),
             complete=all(p.complete for p in parts),
+            indexed_from=min(froms) if froms else None,
+            indexed_to=max(tos) if tos else None,
             notes=tuple(n for p in parts for n in p.notes),
         )
 
     def with_note(self, note: str) -> Coverage:
         """A copy marked incomplete with one more note."""
-        return Coverage(self.frames_searched, self.frames_total, self.shards_searched, self.shards_total,
-                        False, (*self.notes, note))
+        return replace(self, complete=False, notes=(*self.notes, note))
 
 
 @dataclass(frozen=True)
@@ -55,7 +68,7 @@ class Candidates:
     Attributes:
         keys: ``m`` frame keys, in descending ``scores`` order.
         scores: ``(m,)`` float32 first-stage scores (local Chamfer or global cosine, see ``stage``).
-        stage: ``"local"`` or ``"global"``.
+        stage: ``"local"`` or ``"global"`` (what ``scores`` are).
         global_descriptors: ``(m, G)`` float32.
         descriptors: per candidate ``(n_i, D)`` float16, its strongest local descriptors.
         keypoints: per candidate ``(n_i, 2)`` float32 pixel coordinates of those descriptors.
@@ -64,7 +77,7 @@ class Candidates:
 
     keys: list[FrameKey]
     scores: FloatArray
-    stage: str
+    stage: Stage
     global_descriptors: FloatArray
     descriptors: list[np.ndarray]
     keypoints: list[FloatArray]
@@ -87,14 +100,22 @@ class Candidates:
         )
 
     @staticmethod
-    def merge(parts: Sequence[Candidates], limit: int, global_dim: int) -> Candidates:
-        """Union of candidate lists from disjoint shards, best ``limit`` by score (ties by key)."""
+    def empty(stage: Stage, global_dim: int, coverage: Coverage | None = None) -> Candidates:
+        """No candidates (``global_dim``: G of the empty ``(0, G)`` global descriptor array)."""
+        return Candidates([], np.zeros(0, np.float32), stage, np.zeros((0, global_dim), np.float32), [], [],
+                          coverage or Coverage())
+
+    @staticmethod
+    def merge(parts: Sequence[Candidates], limit: int, global_dim: int, stage: Stage = "local") -> Candidates:
+        """Union of candidate lists from disjoint shards, best ``limit`` by score (ties by key), each frame once.
+
+        ``stage`` is the stage of an empty result; otherwise the parts' own.
+        """
         keys = [k for p in parts for k in p.keys]
         coverage = Coverage.combine([p.coverage for p in parts])
-        stage = parts[0].stage if parts else "local"
+        stage = parts[0].stage if parts else stage
         if not keys:
-            return Candidates([], np.zeros(0, np.float32), stage, np.zeros((0, global_dim), np.float32), [], [],
-                              coverage)
+            return Candidates.empty(stage, global_dim, coverage)
         merged = Candidates(
             keys=keys,
             scores=np.concatenate([p.scores for p in parts]).astype(np.float32),
@@ -104,6 +125,14 @@ class Candidates:
             keypoints=[k for p in parts for k in p.keypoints],
             coverage=coverage,
         )
-        # deterministic order whatever the sharding: score descending, then frame key
-        order = sorted(range(len(keys)), key=lambda i: (-float(merged.scores[i]), keys[i]))[:limit]
+        # deterministic order whatever the sharding: score descending, then frame key; a frame held by two parts
+        # (e.g. indexed twice during a rebalance) is kept once, at its best score
+        seen: set[tuple[str, int, int]] = set()
+        order: list[int] = []
+        for i in sorted(range(len(keys)), key=lambda i: (-float(merged.scores[i]), keys[i])):
+            if keys[i].dedup_key not in seen:
+                seen.add(keys[i].dedup_key)
+                order.append(i)
+                if len(order) == limit:
+                    break
         return merged.take(order)

@@ -11,10 +11,8 @@ from typing import Literal
 
 from l2g_core.errors import ConfigError
 
-__all__ = ["MODES", "IndexConfig", "Mode", "RetrievalConfig"]
+__all__ = ["IndexConfig", "RetrievalConfig"]
 
-Mode = Literal["global", "global_to_local", "local", "l2g"]
-MODES: tuple[Mode, ...] = ("global", "global_to_local", "local", "l2g")
 IndexKind = Literal["auto", "flat", "ivfpq"]
 Device = Literal["auto", "cpu", "cuda"]
 

@@ -1,4 +1,13 @@
-"""Retriever: one entry point for the four retrieval modes over a :class:`RollingIndex`.
+"""The two-stage search over a sequence of rolling indexes, and :class:`Retriever`, its one-index front.
+
+The unit of scale-out is the index (one per video partition in the service). A search is::
+
+    plan = SearchPlan.build(mode, k, config)          # validated once
+    prepared = prepare_query(features, config, D, G)
+    parts = [stage1(index, prepared, plan, config) for index in indexes]    # anywhere, in parallel
+    ranking = stage2(prepared, merge(parts, plan, G), plan, config)        # once
+
+which :func:`search` does in one process; the stream service runs the same three steps on several workers.
 
 =================  =====================================================================================
 mode               what it does
@@ -13,21 +22,38 @@ mode               what it does
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from l2g_core.candidates import Candidates, Coverage
-from l2g_core.config import MODES, RetrievalConfig
-from l2g_core.errors import ConfigError, ShapeError
+from l2g_core.config import RetrievalConfig
+from l2g_core.errors import ConfigError
 from l2g_core.geometry import ransac_inliers
 from l2g_core.index.rolling import RollingIndex
+from l2g_core.plan import Mode, SearchPlan
+from l2g_core.prepared import PreparedQuery, prepare_query
 from l2g_core.rerank.l2g import l2g_rerank
-from l2g_core.search import global_candidates, local_candidates
-from l2g_core.types import FloatArray, FrameFeatures, Hit, l2_normalize
+from l2g_core.shortlist import stage1
+from l2g_core.types import FrameFeatures, Hit
 
-__all__ = ["PreparedQuery", "Retriever", "SearchResult", "prepare_query", "rerank"]
+__all__ = ["Ranking", "Retriever", "SearchResult", "merge_candidates", "search", "stage2"]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Stage-2 output.
+
+    Attributes:
+        hits: best first, at most ``plan.k``.
+        timings_ms: ``stage2`` and its parts (``graph``, ``mds``, ``superglobal`` for ``l2g``).
+        coverage: the candidates' coverage, with a note when stage 2 was skipped.
+    """
+
+    hits: list[Hit]
+    timings_ms: dict[str, float]
+    coverage: Coverage
 
 
 @dataclass(frozen=True)
@@ -44,42 +70,8 @@ class SearchResult:
     hits: list[Hit]
     timings_ms: dict[str, float]
     coverage: Coverage
-    mode: str = "l2g"
+    mode: Mode = "l2g"
     extras: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PreparedQuery:
-    """Query features ready for search: unit descriptors, strongest first.
-
-    Attributes:
-        descriptors: ``(Q, D)`` float32.
-        keypoints: ``(Q, 2)`` float32.
-        global_descriptor: ``(G,)`` float32.
-    """
-
-    descriptors: FloatArray
-    keypoints: FloatArray
-    global_descriptor: FloatArray
-
-
-def prepare_query(query: FrameFeatures, config: RetrievalConfig, local_dim: int, global_dim: int) -> PreparedQuery:
-    """Check dimensions, keep the strongest ``config.query_features`` features and L2-normalise.
-
-    Raises:
-        ShapeError: dimensions differ from the index's.
-    """
-    if query.descriptors.shape[1] != local_dim:
-        raise ShapeError(f"query descriptors have dimension {query.descriptors.shape[1]}, index has {local_dim}")
-    if query.global_descriptor.shape[0] != global_dim:
-        raise ShapeError(f"query global descriptor has dimension {query.global_descriptor.shape[0]}, "
-                         f"index has {global_dim}")
-    top = query.top(config.query_features)
-    return PreparedQuery(
-        descriptors=l2_normalize(top.descriptors) if top.num_features else top.descriptors,
-        keypoints=top.keypoints,
-        global_descriptor=l2_normalize(query.global_descriptor),
-    )
 
 
 def _hits(cands: Candidates, order: np.ndarray, final: np.ndarray, name: str, query: PreparedQuery,
@@ -94,25 +86,35 @@ def _hits(cands: Candidates, order: np.ndarray, final: np.ndarray, name: str, qu
     return hits
 
 
-def rerank(query: PreparedQuery, cands: Candidates, mode: str, k: int, config: RetrievalConfig,
-           deadline: float | None = None) -> tuple[list[Hit], dict[str, float], Coverage]:
-    """Second stage of ``mode`` over first-stage candidates (also used to merge shards from several workers).
+def merge_candidates(parts: Sequence[Candidates], plan: SearchPlan, global_dim: int) -> Candidates:
+    """The stage-1 lists of disjoint indexes merged into the plan's shortlist (deterministic order)."""
+    return Candidates.merge(parts, plan.shortlist, global_dim, plan.stage1)
 
-    Returns:
-        ``(hits, timings_ms, coverage)``; timings hold ``stage2`` and its parts.
+
+def stage2(query: PreparedQuery, cands: Candidates, plan: SearchPlan, config: RetrievalConfig,
+           deadline: float | None = None) -> Ranking:
+    """Second stage of ``plan`` over the merged stage-1 candidates.
+
+    Args:
+        query: the prepared query.
+        cands: the merged shortlist, best first.
+        plan: the plan that produced it.
+        config: stage-2 parameters.
+        deadline: ``time.monotonic()`` value; past it, stage 2 is skipped and the stage-1 order returned.
     """
     t0 = time.perf_counter()
     coverage = cands.coverage
     timings: dict[str, float] = {}
     n = len(cands)
-    if mode in ("global", "local") or n == 0:
+    k = plan.k
+    if plan.rerank is None or n == 0:
         order = np.arange(min(k, n))
-        hits = _hits(cands, order, cands.scores, mode, query)
+        hits = _hits(cands, order, cands.scores, plan.mode, query)
     elif deadline is not None and time.monotonic() > deadline:
         coverage = coverage.with_note("deadline: stage 2 skipped, stage-1 order returned")
         order = np.arange(min(k, n))
         hits = _hits(cands, order, cands.scores, cands.stage, query)
-    elif mode == "global_to_local":
+    elif plan.rerank == "ransac":
         inliers = np.array([
             ransac_inliers(query.descriptors, query.keypoints, d, kp,
                            min_similarity=config.match_threshold, threshold=config.ransac_threshold)
@@ -121,7 +123,7 @@ def rerank(query: PreparedQuery, cands: Candidates, mode: str, k: int, config: R
         # more inliers first; the global score breaks ties (it is < 1, inliers are integers)
         final = inliers + cands.scores.clip(-1, 0.999)
         order = np.argsort(-final, kind="stable")[:k]
-        hits = _hits(cands, order, final, "global_to_local", query, {"inliers": inliers})
+        hits = _hits(cands, order, final, plan.mode, query, {"inliers": inliers})
     else:
         head = min(config.rerank_k, n)
         out = l2g_rerank(query.descriptors, query.global_descriptor, cands.take(np.arange(head)), config)
@@ -134,11 +136,54 @@ def rerank(query: PreparedQuery, cands: Candidates, mode: str, k: int, config: R
             for i, h in zip(order, _hits(cands, order, display, "l2g", query), strict=True)
         ]
     timings["stage2"] = (time.perf_counter() - t0) * 1e3
-    return hits, timings, coverage
+    return Ranking(hits, timings, coverage)
+
+
+def search(
+    indexes: Sequence[RollingIndex],
+    query: FrameFeatures,
+    plan: SearchPlan,
+    config: RetrievalConfig,
+    *,
+    cameras: Collection[str] | None = None,
+    time_range: tuple[float, float] | None = None,
+    deadline: float | None = None,
+) -> SearchResult:
+    """Both stages over disjoint indexes of one extractor (stage 1 per index, merge, stage 2 once).
+
+    Args:
+        indexes: at least one index; dimensions are taken from the first.
+        query: features of the query image (same extractor as the indexes).
+        plan: mode, k and what each stage keeps.
+        config: retrieval parameters.
+        cameras: only these cameras (None = all).
+        time_range: ``(start, end)`` event-time seconds, inclusive (None = all).
+        deadline: ``time.monotonic()`` value; past it the search stops early and says so in the coverage.
+
+    Raises:
+        ConfigError: no index, or an inverted time range.
+        ShapeError: query dimensions differ from the indexes'.
+    """
+    if not indexes:
+        raise ConfigError("search needs at least one index")
+    if time_range is not None and time_range[0] > time_range[1]:
+        raise ConfigError(f"time_range start {time_range[0]} is after its end {time_range[1]}")
+    t0 = time.perf_counter()
+    dims = indexes[0].config
+    prepared = prepare_query(query, config, dims.local_dim, dims.global_dim)
+    parts = [stage1(index, prepared, plan, config, cameras=cameras, time_range=time_range, deadline=deadline)
+             for index in indexes]
+    merged = parts[0] if len(parts) == 1 else merge_candidates(parts, plan, dims.global_dim)
+    t1 = time.perf_counter()
+    ranking = stage2(prepared, merged, plan, config, deadline)
+    timings = dict(ranking.timings_ms)
+    timings["stage1"] = (t1 - t0) * 1e3
+    timings["total"] = (time.perf_counter() - t0) * 1e3
+    return SearchResult(hits=ranking.hits, timings_ms=timings, coverage=ranking.coverage, mode=plan.mode)
 
 
 class Retriever:
-    """Searches a :class:`RollingIndex` in any of :data:`~l2g_core.config.MODES`.
+    """Searches one :class:`RollingIndex` in any of :data:`~l2g_core.plan.MODES`.
 
     Args:
         index: the index (shared with the ingest path; searches are thread-safe).
@@ -148,26 +193,6 @@ class Retriever:
     def __init__(self, index: RollingIndex, config: RetrievalConfig | None = None) -> None:
         self.index = index
         self.config = config or RetrievalConfig()
-
-    def candidates(
-        self,
-        query: PreparedQuery,
-        mode: str,
-        *,
-        k: int,
-        cameras: Collection[str] | None = None,
-        time_range: tuple[float, float] | None = None,
-        deadline: float | None = None,
-    ) -> Candidates:
-        """First stage of ``mode``: the shortlist that :func:`rerank` orders."""
-        cfg = self.config
-        if mode in ("global", "global_to_local"):
-            limit = k if mode == "global" else max(k, cfg.g2l_shortlist)
-            return global_candidates(self.index, query.global_descriptor, limit=limit, cameras=cameras,
-                                     time_range=time_range, deadline=deadline)
-        limit = k if mode == "local" else max(k, cfg.shortlist)
-        return local_candidates(self.index, query.descriptors, cfg, limit=limit, cameras=cameras,
-                                time_range=time_range, deadline=deadline)
 
     def search(
         self,
@@ -179,35 +204,18 @@ class Retriever:
         time_range: tuple[float, float] | None = None,
         deadline: float | None = None,
     ) -> SearchResult:
-        """Rank indexed frames for ``query``.
+        """Rank indexed frames for ``query`` (see :func:`search`).
 
         Args:
             query: features of the query image (same extractor as the index).
             mode: one of ``global``, ``global_to_local``, ``local``, ``l2g``.
             k: hits returned (1..10000).
-            cameras: only these cameras (None = all).
-            time_range: ``(start, end)`` event-time seconds, inclusive (None = all).
-            deadline: ``time.monotonic()`` value; past it the search stops early and says so in
-                ``coverage``.
-
-        Returns:
-            A :class:`SearchResult`.
+            cameras, time_range, deadline: as in :func:`search`.
 
         Raises:
             ConfigError: unknown mode, bad k or an inverted time range.
             ShapeError: query dimensions differ from the index's.
         """
-        if mode not in MODES:
-            raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if not 1 <= k <= 10_000:
-            raise ConfigError(f"k must be in [1, 10000], got {k}")
-        if time_range is not None and time_range[0] > time_range[1]:
-            raise ConfigError(f"time_range start {time_range[0]} is after its end {time_range[1]}")
-        t0 = time.perf_counter()
-        prepared = prepare_query(query, self.config, self.index.config.local_dim, self.index.config.global_dim)
-        cands = self.candidates(prepared, mode, k=k, cameras=cameras, time_range=time_range, deadline=deadline)
-        t1 = time.perf_counter()
-        hits, timings, coverage = rerank(prepared, cands, mode, k, self.config, deadline)
-        timings["stage1"] = (t1 - t0) * 1e3
-        timings["total"] = (time.perf_counter() - t0) * 1e3
-        return SearchResult(hits=hits, timings_ms=timings, coverage=coverage, mode=mode)
+        plan = SearchPlan.build(mode, k, self.config)
+        return search([self.index], query, plan, self.config, cameras=cameras, time_range=time_range,
+                      deadline=deadline)

@@ -31,7 +31,8 @@ class FrameKey:
     Attributes:
         camera_id: the camera (stream) the frame came from; non-empty, at most 256 characters.
         timestamp: event time of the frame, seconds since the Unix epoch (float).
-        sequence: frame number within the camera's stream; with ``camera_id`` it is the dedup key.
+        sequence: frame number within the camera's stream (a recording); with ``camera_id`` and ``timestamp`` it
+            identifies the frame (:attr:`dedup_key`).
     """
 
     camera_id: str
@@ -47,9 +48,13 @@ class FrameKey:
             raise ShapeError(f"sequence must be a non-negative integer, got {self.sequence!r}")
 
     @property
-    def dedup_key(self) -> tuple[str, int]:
-        """``(camera_id, sequence)``: two frames with the same dedup key are the same frame."""
-        return (self.camera_id, int(self.sequence))
+    def dedup_key(self) -> tuple[str, int, int]:
+        """``(camera_id, sequence, event time in microseconds)``: two frames with the same dedup key are the same frame.
+
+        The event time is part of the identity: a second recording of a camera numbers its frames from 0 again, and
+        must never be dropped as a duplicate of the first (a replay of the same chunk has the same times).
+        """
+        return (self.camera_id, int(self.sequence), round(self.timestamp * 1e6))
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from plugins.options import ExtractorOptions
+from typing import Any
 
 __all__ = ["PRESETS", "Preset"]
 
@@ -18,23 +15,14 @@ class Preset:
     Attributes:
         extractor: registry name.
         options: options of the extractor's options model (:attr:`plugins.base.Extractor.Options`), which
-            validates them together with the caller's overrides in ``get_extractor``; see :meth:`validated`.
+            validates them together with the caller's overrides in ``get_extractor``; see
+            :func:`plugins.registry.preset_options`.
         description: one line for ``l2g-stream extractors``.
     """
 
     extractor: str
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-
-    def validated(self) -> ExtractorOptions:
-        """The options as the extractor's options model (imports the extractor's module).
-
-        Raises:
-            PluginError: the preset names an unknown option or a bad value.
-        """
-        from plugins.registry import extractor_class
-
-        return extractor_class(self.extractor).parse_options(self.options)
 
 
 PRESETS: dict[str, Preset] = {

@@ -11,8 +11,10 @@ from typing import Any
 
 from plugins.base import Extractor
 from plugins.errors import PluginError, UnknownExtractorError
+from plugins.options import ExtractorOptions
+from plugins.presets import PRESETS, Preset
 
-__all__ = ["ENTRY_POINT_GROUP", "available", "extractor_class", "get_extractor", "register"]
+__all__ = ["ENTRY_POINT_GROUP", "available", "extractor_class", "get_extractor", "preset_options", "register"]
 
 ENTRY_POINT_GROUP = "l2g_stream.extractors"
 
@@ -82,8 +84,6 @@ def get_extractor(name: str, **options: Any) -> Extractor:
     model (:attr:`Extractor.Options`). Raises :class:`UnknownExtractorError`, or :class:`PluginError` on unknown
     keys or bad values.
     """
-    from plugins.presets import PRESETS
-
     if name in PRESETS:
         preset = PRESETS[name]
         name, options = preset.extractor, {**preset.options, **options}
@@ -92,3 +92,12 @@ def get_extractor(name: str, **options: Any) -> Extractor:
         return cls.create(options)
     except TypeError as exc:  # a subclass whose constructor does not take (options, device=)
         raise PluginError(f"bad options for extractor {name!r}: {exc}") from exc
+
+
+def preset_options(preset: Preset) -> ExtractorOptions:
+    """The preset's options as its extractor's options model (imports the extractor's module).
+
+    Raises:
+        PluginError: the preset names an unknown option or a bad value.
+    """
+    return extractor_class(preset.extractor).parse_options(preset.options)

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from l2g_core import MODES
 from stream.errors import BadInputError, BrokerError, ConfigurationError, StreamError
 from stream.formatting import format_result, format_time
 from stream.runtime import configure_process
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also publish this clip as a camera and query a crop of it (default: a clip from "
                            "../shared/data/video when present)")
     demo.add_argument("--no-clip", action="store_true", help="synthetic cameras only")
-    demo.add_argument("--mode", choices=["global", "global_to_local", "local", "l2g"], default=None)
+    demo.add_argument("--mode", choices=MODES, default=None)
     demo.add_argument("--k", type=_positive_int, default=5)
 
     worker = sub.add_parser("worker", parents=[common], help="run a worker (ingest + queries + merge)")
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--since", type=_time_arg, default=None, help="from this time (Unix, ISO 8601, now-10m)")
     query.add_argument("--until", type=_time_arg, default=None)
     query.add_argument("--k", type=_positive_int, default=None)
-    query.add_argument("--mode", choices=["global", "global_to_local", "local", "l2g"], default=None)
+    query.add_argument("--mode", choices=MODES, default=None)
     query.add_argument("--timeout", type=_positive_float, default=None, help="answer budget in seconds")
     query.add_argument("--json", action="store_true", help="print the result as JSON")
 

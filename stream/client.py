@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from stream.envelope import decode_message, encode_message
 from stream.errors import BrokerError, MessageTooLargeError, SchemaError
-from stream.messages import Query, QueryResult, decode_message, encode_message
+from stream.messages import Query, QueryResult
 from stream.ports import MessageSink, MessageSource
 from stream.refs import write_blob
 from stream.settings import Settings
@@ -156,7 +157,7 @@ class QueryClient:
         self.source = source
         self.sink = sink or _sink(settings, "query-client")
         self._parts = self.source.assign_all(settings.topics.results, from_end=True)
-        self._results: dict[str, QueryResult] = {}
+        self._results: dict[str, list[QueryResult]] = {}  # per query id, in arrival order (an id may be reused)
 
     def send(self, image: bytes | None = None, *, image_ref: str | None = None, k: int | None = None,
              mode: str | None = None, cameras: list[str] | None = None, time_from: float | None = None,
@@ -198,13 +199,13 @@ class QueryClient:
         return query
 
     def wait(self, query_id: str, timeout_s: float) -> QueryResult:
-        """The result of ``query_id``.
+        """The next result of ``query_id`` (a reused id gets one result per query, in order of arrival).
 
         Raises:
             BrokerError: no result within ``timeout_s``.
         """
         deadline = time.monotonic() + timeout_s
-        while query_id not in self._results:
+        while not self._results.get(query_id):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BrokerError(f"no result for query {query_id} within {timeout_s:.1f} s (is a worker running "
@@ -216,8 +217,8 @@ class QueryClient:
                     res = decode_message(rec.value, rec.headers, QueryResult)
                 except SchemaError:
                     continue
-                self._results.setdefault(res.query_id, res)
-        return self._results.pop(query_id)
+                self._results.setdefault(res.query_id, []).append(res)
+        return self._results[query_id].pop(0)
 
     def ask(self, image: bytes, *, timeout_s: float | None = None, **fields: object) -> QueryResult:
         """:meth:`send` then :meth:`wait` (waits the query's budget plus 5 s)."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from stream.envelope import encode_message
 from stream.errors import BadInputError, BrokerError, MessageTooLargeError
-from stream.messages import DeadLetter, encode_message
+from stream.messages import DeadLetter
 from stream.metrics import StreamMetrics
 from stream.ports import MessageSink, Record
 

@@ -39,10 +39,11 @@ from l2g_core.errors import ShapeError
 from plugins.errors import ExtractorInputError
 from stream.deadletter import DeadLetterPublisher
 from stream.decode import decode_chunk
-from stream.errors import BadInputError, MessageTooLargeError, VideoDecodeError
+from stream.envelope import decode_message
+from stream.errors import BadInputError, ExtractorCrashError, MessageTooLargeError, SchemaError, VideoDecodeError
 from stream.failures import extractor_crash
 from stream.health import Health
-from stream.messages import VideoChunk, decode_message
+from stream.messages import VideoChunk
 from stream.metrics import StreamMetrics
 from stream.ports import FeatureExtractor, MessageSource, Partition, Record
 from stream.refs import resolve_ref
@@ -266,8 +267,11 @@ class IngestLoop:
             raise MessageTooLargeError(f"chunk message of {rec.size} bytes exceeds kafka.max_message_bytes="
                                        f"{self.settings.kafka.max_message_bytes}")
         chunk = decode_message(rec.value, rec.headers, VideoChunk)
-        data = self._payload(chunk)
         camera = chunk.camera_id
+        if rec.key != camera.encode():  # a camera lives on the partition of its key: one copy of each frame
+            raise SchemaError(f"chunk of camera {camera!r} arrived with Kafka key {rec.key!r}: a chunk must be keyed "
+                              f"by its camera_id", reason="key_mismatch")
+        data = self._payload(chunk)
         index = self.index.get(part)
         base_rate = self.cfg.sample_fps
         skipped: Counter[str] = Counter()
@@ -328,9 +332,7 @@ class IngestLoop:
         batch = np.stack([f.image for f in frames])
         t0 = time.perf_counter()
         try:
-            feats = self.extractor.extract(batch)
-            if len(feats) != len(frames):
-                raise RuntimeError(f"{len(feats)} feature sets returned for {len(frames)} frames")
+            feats = self._extract_raw(batch)
         except ExtractorInputError:
             raise
         except Exception as exc:  # not the input: a bug in the extractor or its runtime (stream.failures)
@@ -345,27 +347,62 @@ class IngestLoop:
             0.8 * self._seconds_per_frame + 0.2 * per_frame
         return feats
 
+    def _extract_raw(self, batch: np.ndarray) -> list[FrameFeatures]:
+        feats = self.extractor.extract(batch)
+        if len(feats) != len(batch):
+            raise RuntimeError(f"{len(feats)} feature sets returned for {len(batch)} frames")
+        return feats
+
+    def _runtime_works(self, shape: tuple[int, ...]) -> bool:
+        """Whether the extractor still handles a canary frame of ``shape`` (seeded noise): tells a broken runtime
+        from input that trips a bug."""
+        canary = np.random.default_rng(0).integers(0, 256, size=(1, *shape), dtype=np.uint8)
+        try:
+            self._extract_raw(canary)
+        except Exception:  # any failure of the canary means the runtime is broken
+            return False
+        return True
+
     def _extract_and_index(self, frames: list[_Frame]) -> None:
-        """Extract a batch and add it; a batch the extractor rejects (``ExtractorInputError``) is retried frame by
-        frame and the chunks of the frames it still rejects are dead-lettered, once per chunk.
+        """Extract a batch and add it.
+
+        A batch the extractor fails on is retried frame by frame. The chunks of the frames it still rejects
+        (``ExtractorInputError``) are dead-lettered with reason ``extractor_input``; those of the frames it crashes on
+        (any other exception: a bug, reported once for the batch) with reason ``extractor_crash``, so one poison
+        chunk cannot stop the worker and its video is kept for a replay once the bug is fixed. When every frame
+        crashes and a canary frame crashes too, the runtime is broken, not the video: nothing is dead-lettered.
 
         Raises:
-            ExtractorCrashError: the extractor failed otherwise (nothing is dead-lettered; see :mod:`stream.failures`).
+            ExtractorCrashError: the extractor's runtime is broken (see :mod:`stream.failures`); no offset past this
+                batch is committed.
         """
         rejected: set[tuple[Partition, int]] = set()  # (partition, offset) of the chunks dead-lettered
         try:
             pairs = list(zip(frames, self._extract(frames), strict=True))
-        except ExtractorInputError as batch_exc:
-            LOG.warning("extractor rejected a batch of %d frames (%s); retrying one by one", len(frames), batch_exc)
+        except (ExtractorInputError, ExtractorCrashError) as batch_exc:
+            LOG.warning("extractor failed on a batch of %d frames (%s); retrying one by one", len(frames), batch_exc)
             pairs = []
+            crashed: list[tuple[_Frame, Exception]] = []
             for frame in frames:
                 try:
-                    pairs.append((frame, self._extract([frame])[0]))
+                    pairs.append((frame, self._extract_raw(frame.image[None])[0]))
                 except ExtractorInputError as exc:
-                    key = (frame.part, frame.record.offset)
-                    if key not in rejected:
-                        rejected.add(key)
+                    if (frame.part, frame.record.offset) not in rejected:
+                        rejected.add((frame.part, frame.record.offset))
                         self._reject(frame.record, exc, reason="extractor_input")
+                except Exception as crash:  # a crash on this frame alone (reported once, with the batch)
+                    crashed.append((frame, crash))
+            if crashed and len(crashed) == len(frames) and not self._runtime_works(frames[0].image.shape):
+                if isinstance(batch_exc, ExtractorCrashError):
+                    raise batch_exc
+                raise extractor_crash(crashed[0][1], extractor=self.extractor_name, frames=len(frames),
+                                      metrics=self.metrics) from crashed[0][1]
+            for frame, cause in crashed:
+                if (frame.part, frame.record.offset) not in rejected:
+                    rejected.add((frame.part, frame.record.offset))
+                    self._reject(frame.record, ExtractorCrashError(
+                        f"extractor {self.extractor_name} crashes on this chunk: {type(cause).__name__}: {cause}",
+                        self.extractor_name), reason="extractor_crash")
         groups: dict[tuple[Partition, str], tuple[list[FrameKey], list[FrameFeatures]]] = {}
         for frame, feat in pairs:
             g = groups.setdefault((frame.part, frame.key.camera_id), ([], []))

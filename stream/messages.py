@@ -1,4 +1,4 @@
-"""Versioned wire schemas and their Kafka encoding.
+"""Versioned wire schemas (their Kafka encoding is :mod:`stream.envelope`).
 
 Every message is a JSON document (the Kafka value) plus CloudEvents-style headers (Kafka protocol binding,
 binary mode)::
@@ -11,10 +11,10 @@ binary mode)::
     ce_dataschema   urn:l2g:<kind>:<version>
     content-type    application/json
 
-The JSON value also carries ``kind`` and ``version``, so a message stays self-describing when its headers are
-lost. Binary payloads (video segments, query images) are base64 inside the JSON; a payload too large for one
-message travels as a reference (``ref``: a ``file://`` URI or path under an allowed root, the claim-check
-pattern) instead.
+(see :mod:`stream.envelope`). The JSON value also carries ``kind`` and ``version``, so a message stays
+self-describing when its headers are lost. Binary payloads (video segments, query images) are base64 inside the
+JSON; a payload too large for one message travels as a reference (``ref``: a ``file://`` URI or path under an
+allowed root, the claim-check pattern) instead.
 
 A reader accepts any version up to :data:`SCHEMA_VERSION` of a kind and rejects newer ones with a
 :class:`~stream.errors.SchemaError`, which the worker sends to the dead-letter topic.
@@ -24,12 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
-import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote, urlparse
 
@@ -40,34 +35,27 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    ValidationError,
     model_validator,
 )
 
-from stream.errors import MessageTooLargeError, SchemaError
+from l2g_core import Coverage, Mode, Stage
 
 __all__ = [
+    "SCHEMAS",
     "SCHEMA_VERSION",
     "CandidatePartial",
     "CandidateSection",
-    "Coverage",
     "DeadLetter",
-    "Headers",
+    "M",
     "Match",
     "Message",
-    "OutboundMessage",
     "Query",
     "QueryFeatures",
     "QueryResult",
     "VideoChunk",
-    "decode_message",
-    "encode_message",
-    "header",
 ]
 
 SCHEMA_VERSION = 1
-CONTENT_TYPE = "application/json"
-Headers = Sequence[tuple[str, bytes]]
 
 
 def _b64decode(value: Any) -> Any:
@@ -180,7 +168,7 @@ class Query(_Schema):
     image: Base64Payload | None = None
     image_ref: Reference | None = Field(None, max_length=4096)
     k: int = Field(10, ge=1, le=1_000)
-    mode: Literal["global", "global_to_local", "local", "l2g"] | None = None
+    mode: Mode | None = None
     cameras: list[str] | None = Field(None, max_length=10_000)
     time_from: float | None = Field(None, allow_inf_nan=False)
     time_to: float | None = Field(None, allow_inf_nan=False)
@@ -219,31 +207,6 @@ class Match(_Schema):
     timestamp: float
     score: float
     stage_scores: dict[str, float] = Field(default_factory=dict)
-
-
-class Coverage(_Schema):
-    """What one worker searched for a query.
-
-    Attributes:
-        frames_searched, frames_total: frames searched / frames matching the filters in the index searched.
-        shards_searched, shards_total: the same for index shards.
-        partitions_searched, partitions_total: video partitions (index shards of the deployment) whose
-            candidates reached the answer / partitions of the video topic.
-        complete: False when the deadline cut the search short or a partition is missing.
-        indexed_from, indexed_to: event-time span of the index searched (None when empty).
-        notes: what was cut short.
-    """
-
-    frames_searched: int = 0
-    frames_total: int = 0
-    shards_searched: int = 0
-    shards_total: int = 0
-    partitions_searched: int = 0
-    partitions_total: int = 0
-    complete: bool = True
-    indexed_from: float | None = None
-    indexed_to: float | None = None
-    notes: list[str] = Field(default_factory=list)
 
 
 class CandidateSection(_Schema):
@@ -333,12 +296,16 @@ class CandidatePartial(_Schema):
         query_id: the query.
         worker_id: who searched.
         answer_id: identity of this worker's answer (its slices share it).
+        query_position: where the query record was read (``topic/partition/offset``, the same for every worker):
+            two queries that reuse a ``query_id`` are told apart by it, and each is answered.
         mode, k: the query's effective mode and k.
         stage: ``local`` or ``global`` (what the scores are).
         local_dim, global_dim: descriptor dimensions.
         video_topic: the topic whose partitions are the index shards.
         partitions: video partitions whose candidates (or a slice of them) this message carries.
         sections: the candidates, per partition (slices of one partition may span messages).
+        skipped_partitions: video partitions this worker owns but did not search (the query was shed: its deadline
+            could not be met); the merger answers without waiting for them.
         deadline: Unix time by which the answer is due.
         sent_at: the query's ``sent_at``.
         received_at: Unix time this worker read the query.
@@ -353,14 +320,16 @@ class CandidatePartial(_Schema):
     query_id: str = Field(min_length=1, max_length=256)
     worker_id: str
     answer_id: str
-    mode: str
+    query_position: str = Field("", max_length=512)
+    mode: Mode
     k: int = Field(ge=1)
-    stage: str = "local"
+    stage: Stage = "local"
     local_dim: int = Field(0, ge=0)
     global_dim: int = Field(0, ge=0)
     video_topic: str = ""
     partitions: list[int] = Field(default_factory=list)
     sections: list[CandidateSection] = Field(default_factory=list)
+    skipped_partitions: list[int] = Field(default_factory=list, max_length=100_000)
     deadline: float = Field(allow_inf_nan=False)
     sent_at: float | None = None
     received_at: float = Field(default_factory=time.time)
@@ -395,7 +364,7 @@ class QueryResult(_Schema):
     query_id: str
     worker_id: str
     status: Literal["complete", "partial", "error"]
-    mode: str
+    mode: Mode
     matches: list[Match] = Field(default_factory=list)
     latency_ms: dict[str, float] = Field(default_factory=dict)
     coverage: Coverage = Field(default_factory=Coverage)
@@ -440,7 +409,7 @@ CandidatePartial.model_rebuild()
 
 Message = VideoChunk | Query | CandidatePartial | QueryResult | DeadLetter
 M = TypeVar("M", VideoChunk, Query, CandidatePartial, QueryResult, DeadLetter)
-_BY_KIND: dict[str, type[_Schema]] = {
+SCHEMAS: dict[str, type[_Schema]] = {  # by kind
     "video_chunk": VideoChunk,
     "query": Query,
     "candidate_partial": CandidatePartial,
@@ -448,120 +417,3 @@ _BY_KIND: dict[str, type[_Schema]] = {
     "dead_letter": DeadLetter,
 }
 
-
-@dataclass(frozen=True)
-class OutboundMessage:
-    """An encoded message ready to produce.
-
-    Attributes:
-        key: Kafka key (camera id for chunks, query id for queries and results).
-        value: JSON bytes.
-        headers: CloudEvents headers.
-    """
-
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        """Bytes on the wire, approximately (key + value + headers)."""
-        return len(self.key or b"") + len(self.value) + sum(len(k) + len(v) for k, v in self.headers)
-
-
-def header(headers: Headers | None, name: str) -> str | None:
-    """The first header called ``name`` decoded as UTF-8, or None."""
-    for key, value in headers or ():
-        if key == name:
-            return value.decode("utf-8", "replace") if value is not None else None
-    return None
-
-
-def _key_of(message: _Schema) -> bytes | None:
-    if isinstance(message, VideoChunk):
-        return message.camera_id.encode()
-    if isinstance(message, (Query, QueryResult, CandidatePartial)):
-        return message.query_id.encode()
-    if isinstance(message, DeadLetter):
-        return message.original_key
-    return None
-
-
-def encode_message(message: Message, *, source: str, max_bytes: int | None = None) -> OutboundMessage:
-    """Serialise ``message`` to JSON with CloudEvents headers.
-
-    Args:
-        message: any schema of this module.
-        source: the ``ce_source`` header (producer identity).
-        max_bytes: raise when the encoded message is larger (None = no check).
-
-    Returns:
-        The key, value and headers to produce.
-
-    Raises:
-        MessageTooLargeError: the message exceeds ``max_bytes``; send the payload as a reference instead.
-    """
-    kind = message.kind
-    value = message.model_dump_json(exclude_none=True).encode()
-    headers = [
-        ("ce_specversion", b"1.0"),
-        ("ce_type", f"l2g.{kind}".encode()),
-        ("ce_id", uuid.uuid4().hex.encode()),
-        ("ce_source", source.encode()),
-        ("ce_time", datetime.now(UTC).isoformat().encode()),
-        ("ce_dataschema", f"urn:l2g:{kind}:{message.version}".encode()),
-        ("content-type", CONTENT_TYPE.encode()),
-    ]
-    out = OutboundMessage(_key_of(message), value, headers)
-    if max_bytes is not None and out.size > max_bytes:
-        raise MessageTooLargeError(
-            f"{kind} message is {out.size} bytes, over the {max_bytes}-byte limit; send the payload as a reference"
-        )
-    return out
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    """``text`` cut to ``limit`` characters: error messages echo attacker-sized input into logs and dead letters."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
-
-
-def decode_message(value: bytes | None, headers: Headers | None, expected: type[M]) -> M:
-    """Parse a message value of the ``expected`` schema.
-
-    The kind comes from the ``ce_type`` header when present, else from the JSON ``kind`` field; either way it
-    must be ``expected``'s.
-
-    Args:
-        value: the Kafka value (JSON bytes).
-        headers: the Kafka headers.
-        expected: the schema class the topic carries.
-
-    Returns:
-        The validated message.
-
-    Raises:
-        SchemaError: not JSON, wrong kind, unknown or newer version, or a field violates the schema.
-    """
-    want = expected.model_fields["kind"].default
-    if not value:
-        raise SchemaError(f"empty {want} message", reason="empty_message")
-    ce_type = header(headers, "ce_type")
-    if ce_type is not None and ce_type != f"l2g.{want}":
-        raise SchemaError(f"expected a l2g.{want} message, got ce_type={_clip(repr(ce_type))}", reason="wrong_type")
-    try:
-        raw = json.loads(value)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        # ValueError also covers integers over sys.get_int_max_str_digits(); RecursionError deep nesting
-        raise SchemaError(f"{want} message is not valid JSON: {_clip(str(exc))}", reason="invalid_json") from exc
-    if not isinstance(raw, dict):
-        raise SchemaError(f"{want} message must be a JSON object", reason="schema_violation")
-    kind = raw.get("kind", want)
-    if kind != want:
-        raise SchemaError(f"expected kind {want!r}, got {_clip(repr(kind))}", reason="wrong_type")
-    try:
-        return expected.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = _clip(".".join(str(p) for p in first.get("loc", ())) or "message")
-        raise SchemaError(f"{want} message invalid at {where}: {_clip(str(first.get('msg')))}",
-                          reason="schema_violation") from exc

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from l2g_core import L2GError, Mode, RetrievalConfig
 from stream.errors import ConfigurationError
 
 __all__ = [
@@ -47,7 +48,6 @@ ENV_PREFIX = "L2G_"
 _CONFIG_FILE_ENV = f"{ENV_PREFIX}CONFIG_FILE"
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("l2g_config_file", default=None)
 
-RetrievalMode = Literal["global", "global_to_local", "local", "l2g"]
 
 
 class _Group(BaseModel):
@@ -186,7 +186,9 @@ class QuerySettings(_Group):
         enabled: run the query loop.
         mode: retrieval mode used when a query names none.
         k: matches returned when a query names no ``k``.
-        default_timeout_s: answer budget of a query without a deadline.
+        default_timeout_s: answer budget of a query without a deadline, or whose deadline had passed when it was
+            read (a client clock running behind): such a query is answered within this budget, with a note.
+        max_timeout_s: the longest budget a query may ask for (a later deadline is brought forward to it).
         deadline_margin_s: the search stops this long before the deadline to leave time to publish.
         image_max_side: query images are resized so their longer side is at most this (match the
             frame scale: ``ingest.frame_max_side``).
@@ -197,9 +199,10 @@ class QuerySettings(_Group):
     """
 
     enabled: bool = True
-    mode: RetrievalMode = "l2g"
+    mode: Mode = "l2g"
     k: int = Field(10, ge=1, le=1_000)
     default_timeout_s: float = Field(5.0, gt=0.0)
+    max_timeout_s: float = Field(60.0, gt=0.0)
     deadline_margin_s: float = Field(0.05, ge=0.0)
     image_max_side: int = Field(640, ge=32)
     max_image_pixels: int = Field(40_000_000, ge=1)
@@ -236,6 +239,17 @@ class IndexSettings(_Group):
         if isinstance(value, str) and value.strip().lower() in ("null", "none"):
             return None
         return value
+
+    def retrieval_config(self) -> RetrievalConfig:
+        """``retrieval`` as the validated ``l2g_core.RetrievalConfig``.
+
+        Raises:
+            ConfigurationError: unknown or invalid retrieval options.
+        """
+        try:
+            return RetrievalConfig(**self.retrieval)
+        except (L2GError, TypeError) as exc:
+            raise ConfigurationError(f"invalid index.retrieval settings: {exc}") from exc
 
 
 class ExtractorSettings(_Group):

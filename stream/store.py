@@ -27,18 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from l2g_core import (
-    MODES,
-    Candidates,
     FrameFeatures,
     IndexConfig,
     IndexStats,
-    PreparedQuery,
-    RetrievalConfig,
-    Retriever,
     RollingIndex,
-    SearchResult,
-    prepare_query,
-    rerank,
 )
 from l2g_core.errors import SnapshotError
 from l2g_core.index.persistence import SnapshotFiles, load_index, save_index
@@ -99,17 +91,15 @@ class SnapshotReport:
 
 
 class PartitionedIndex:
-    """Rolling indexes keyed by partition, with per-partition snapshots and one merged search.
+    """Rolling indexes keyed by partition, with per-partition snapshots (searched by :mod:`stream.query`).
 
     Args:
         config: index configuration (dimensions from the extractor).
-        retrieval: retrieval parameters.
         snapshot_root: the tag directory (``<snapshot_dir>/<index_tag>``), or None to keep everything in memory.
     """
 
-    def __init__(self, config: IndexConfig, retrieval: RetrievalConfig, snapshot_root: Path | None) -> None:
+    def __init__(self, config: IndexConfig, snapshot_root: Path | None) -> None:
         self.config = config
-        self.retrieval = retrieval
         self.snapshot_root = snapshot_root
         self._lock = threading.Lock()
         self._indexes: dict[Partition, RollingIndex] = {}
@@ -122,7 +112,7 @@ class PartitionedIndex:
         """Build from settings and the extractor's dimensions.
 
         Raises:
-            ConfigurationError: invalid index or retrieval options.
+            ConfigurationError: invalid index options.
         """
         from l2g_core import L2GError
 
@@ -131,11 +121,10 @@ class PartitionedIndex:
                                  retention_seconds=settings.retention_seconds,
                                  max_features_per_frame=settings.max_features_per_frame,
                                  index_kind=settings.index_kind)
-            retrieval = RetrievalConfig(**settings.retrieval)
         except (L2GError, TypeError) as exc:
             raise ConfigurationError(f"invalid index settings: {exc}") from exc
         root = settings.snapshot_dir / index_tag(extractor, options, config) if settings.snapshot_dir else None
-        return cls(config, retrieval, root)
+        return cls(config, root)
 
     # ------------------------------------------------------------------ partitions
     def _path(self, part: Partition) -> Path | None:
@@ -291,73 +280,3 @@ class PartitionedIndex:
 
     def __len__(self) -> int:
         return sum(len(index) for _, index in self.items())
-
-    @staticmethod
-    def check_query(mode: str, k: int) -> None:
-        """Validate a retrieval mode and k.
-
-        Raises:
-            ConfigurationError: unknown mode or k outside ``[1, 10000]``.
-        """
-        if mode not in MODES:
-            raise ConfigurationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if not 1 <= k <= 10_000:
-            raise ConfigurationError(f"k must be in [1, 10000], got {k}")
-
-    def prepare(self, query: FrameFeatures) -> PreparedQuery:
-        """Query features checked against the index dimensions, strongest first, unit norm."""
-        return prepare_query(query, self.retrieval, self.config.local_dim, self.config.global_dim)
-
-    def merge_limit(self, mode: str, k: int) -> int:
-        """Length of the merged stage-1 shortlist of ``mode`` (what ``l2g_core.Retriever`` keeps)."""
-        return self.merge_limit_for(mode, k, self.retrieval)
-
-    @staticmethod
-    def merge_limit_for(mode: str, k: int, cfg: RetrievalConfig) -> int:
-        """:meth:`merge_limit` for the retrieval parameters ``cfg``."""
-        if mode == "global_to_local":
-            return max(k, cfg.g2l_shortlist)
-        if mode == "l2g":
-            return max(k, cfg.shortlist)
-        return k
-
-    def partition_candidates(self, prepared: PreparedQuery, mode: str, *, k: int,
-                             cameras: Collection[str] | None = None,
-                             time_range: tuple[float, float] | None = None,
-                             deadline: float | None = None) -> list[tuple[Partition, Candidates]]:
-        """Stage 1 of ``mode`` over each open partition index separately (the unit that scales out).
-
-        ``Candidates.merge`` of the lists, then ``l2g_core.rerank``, is exactly :meth:`search`.
-        """
-        cfg = self.retrieval
-        return [(part, Retriever(index, cfg).candidates(prepared, mode, k=k, cameras=cameras, time_range=time_range,
-                                                        deadline=deadline))
-                for part, index in self.items()]
-
-    def search(self, query: FrameFeatures, *, mode: str = "l2g", k: int = 10,
-               cameras: Collection[str] | None = None, time_range: tuple[float, float] | None = None,
-               deadline: float | None = None) -> SearchResult:
-        """Search every partition index: stage 1 per partition, candidates merged, then stage 2 once.
-
-        Args:
-            query: query features (same extractor).
-            mode, k, cameras, time_range, deadline: as in ``l2g_core.Retriever.search`` (deadline is a
-                ``time.monotonic()`` value).
-
-        Returns:
-            The merged result; its coverage sums the partitions'.
-
-        Raises:
-            ConfigurationError: unknown mode or bad k.
-        """
-        self.check_query(mode, k)
-        t0 = time.perf_counter()
-        prepared = self.prepare(query)
-        parts = [c for _, c in self.partition_candidates(prepared, mode, k=k, cameras=cameras, time_range=time_range,
-                                                         deadline=deadline)]
-        merged = Candidates.merge(parts, self.merge_limit(mode, k), self.config.global_dim)
-        t1 = time.perf_counter()
-        hits, timings, coverage = rerank(prepared, merged, mode, k, self.retrieval, deadline)
-        timings["stage1"] = (t1 - t0) * 1e3
-        timings["total"] = (time.perf_counter() - t0) * 1e3
-        return SearchResult(hits=hits, timings_ms=timings, coverage=coverage, mode=mode)

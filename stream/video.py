@@ -21,8 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.decode import decode_chunk, fit_size
+from stream.envelope import OutboundMessage, encode_message
 from stream.errors import BadInputError, MessageTooLargeError, VideoDecodeError
-from stream.messages import OutboundMessage, VideoChunk, encode_message
+from stream.messages import VideoChunk
 from stream.refs import write_blob
 
 __all__ = [

@@ -177,6 +177,7 @@ class Worker:
         configure_threads(s.runtime)
         configure_faiss()
         cid = f"{s.kafka.client_id}-{self.worker_id}"
+        retrieval = s.index.retrieval_config()  # invalid options fail before anything starts
         self.health.set_condition("extractor", False)
         if s.http.enabled:
             self.server = HealthServer(self.health, self.metrics, s.http.host, s.http.port,
@@ -217,13 +218,13 @@ class Worker:
             self.query = QueryLoop(
                 s, self.connector.source(client_id=f"{cid}-query", group_id=None, max_poll_records=16,
                                          low_latency=True),
-                self.sink, self.index, query_extractor, metrics=self.metrics, health=self.health,
+                self.sink, self.index, query_extractor, retrieval, metrics=self.metrics, health=self.health,
                 worker_id=self.worker_id)
             self.query.start()
             self.merge = MergeLoop(
                 s, self.connector.source(client_id=f"{cid}-merge", group_id=s.query.merge_group_id,
                                          max_poll_records=64, low_latency=True),
-                self.sink, self.index.retrieval, dead_letters=dlq, metrics=self.metrics, health=self.health,
+                self.sink, retrieval, dead_letters=dlq, metrics=self.metrics, health=self.health,
                 worker_id=self.worker_id)
             self.merge.start()
         self._opened = True

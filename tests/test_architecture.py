@@ -42,3 +42,38 @@ def test_plugins_do_not_import_stream() -> None:
             stripped = line.strip()
             if stripped.startswith(("import ", "from ")):
                 assert stripped.split()[1].split(".")[0] != "stream", f"{path}: {stripped}"
+
+
+# ---------------------------------------------------------------------------------------------------- structure
+PRODUCT = ("l2g_core", "plugins", "stream")
+MAX_MODULE_LINES = 500
+L2G_CORE_API = {
+    "MAX_K", "MODES", "Candidates", "ConfigError", "Coverage", "FrameFeatures", "FrameKey", "Hit", "IndexConfig",
+    "IndexStateError", "IndexStats", "L2GError", "Mode", "PreparedQuery", "Ranking", "RetrievalConfig", "Retriever",
+    "RollingIndex", "SearchPlan", "SearchResult", "ShapeError", "SnapshotError", "Stage", "Transport",
+    "l2_normalize", "merge_candidates", "prepare_query", "search", "stage1", "stage2",
+}
+
+
+def _product_modules() -> list[Path]:
+    return [p for pkg in PRODUCT for p in (ROOT / pkg).rglob("*.py")]
+
+
+def test_the_mode_literal_is_defined_once() -> None:
+    needle = '"global", "global_to_local", "local", "l2g"'
+    places = [str(p.relative_to(ROOT)) for p in _product_modules() if needle in p.read_text()]
+    assert places == ["l2g_core/plan.py"], places
+
+
+def test_l2g_core_public_api_surface() -> None:
+    import l2g_core
+
+    assert set(l2g_core.__all__) == L2G_CORE_API
+    for name in l2g_core.__all__:
+        assert getattr(l2g_core, name) is not None, name
+
+
+def test_no_product_module_is_over_the_line_limit() -> None:
+    long = {str(p.relative_to(ROOT)): n for p in _product_modules()
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"

@@ -86,7 +86,7 @@ class RollingIndex:
         self.config = config
         self._lock = threading.RLock()
         self._shards: dict[ShardId, Shard] = {}
-        self._where: dict[tuple[str, int], ShardId] = {}
+        self._where: dict[tuple[str, int, int], ShardId] = {}
         self._newest: float | None = None
         self._template: faiss.Index | None = None
         self._features = 0
@@ -214,7 +214,7 @@ class RollingIndex:
                 self._newest = newest if self._newest is None else max(self._newest, newest)
             horizon = self._horizon()
             groups: dict[ShardId, tuple[list[FrameKey], list[FrameFeatures]]] = {}
-            seen: set[tuple[str, int]] = set()
+            seen: set[tuple[str, int, int]] = set()
             duplicates = too_old = 0
             for key, feat in zip(keys, features, strict=True):
                 if key.dedup_key in self._where or key.dedup_key in seen:

@@ -2,7 +2,8 @@
 
 Every test gets its own topic names and consumer groups, so tests sharing the broker never see each other's data.
 Group timings follow the measured tansu behaviour (infra.md): a 2 s session timeout joins in ~1.1 s, and a member that
-dies without leaving is replaced after ~max_poll_interval_ms (8 s here).
+dies without leaving is replaced after ~max_poll_interval_ms (8 s here). Every test here is ``slow`` (brokers, workers,
+real video): ``pytest -m "not slow"`` leaves the directory out.
 """
 
 from __future__ import annotations
@@ -16,10 +17,20 @@ from typing import Any
 import pytest
 
 from stream.broker import EmbeddedBroker
-from stream.messages import M, decode_message
+from stream.envelope import decode_message
+from stream.messages import M
 from stream.settings import Settings
+from tests import _harness
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +41,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedB
     try:
         broker = EmbeddedBroker(log_path=log).start()
     except BrokerError as exc:
-        pytest.skip(f"tansu broker unavailable: {exc}")
+        _harness.skip(_harness.Kind.BROKER, f"tansu broker unavailable: {exc}")
     yield broker
     broker.stop()
 

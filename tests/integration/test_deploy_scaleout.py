@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from stream.broker import EmbeddedBroker
+from stream.envelope import decode_message
 from stream.kafka import KafkaSource
 from stream.kafka.admin import committed_offsets
-from stream.messages import CandidatePartial, decode_message
+from stream.messages import CandidatePartial
 from stream.worker import Worker
 from tests.test_deploy import live
 

@@ -12,7 +12,8 @@ import pytest
 
 from stream.broker import EmbeddedBroker
 from stream.client import QueryClient, publish_segments
-from stream.messages import DeadLetter, VideoChunk, encode_message
+from stream.envelope import encode_message
+from stream.messages import DeadLetter, VideoChunk
 from stream.sampling import keep_frame
 from stream.settings import Settings
 from stream.video import SyntheticCamera, encode_segments

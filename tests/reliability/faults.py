@@ -112,7 +112,7 @@ def snapshot_keys(snapshot_dir: Path) -> tuple[list[tuple[str, int]], dict[str, 
         if not (part_dir / "manifest.json").exists():
             continue
         index, meta, _ = load_index(part_dir)
-        keys += [k.dedup_key for shard in index.shards() for k in shard.keys]
+        keys += [(k.camera_id, int(k.sequence)) for shard in index.shards() for k in shard.keys]
         offsets[part_dir.name] = int(meta["offset"])
     return keys, offsets
 

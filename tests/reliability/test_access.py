@@ -40,6 +40,7 @@ from stream.kafka import producer as producer_mod
 from stream.kafka.config import common_config, merge_extra
 from stream.metrics import StreamMetrics
 from stream.settings import KafkaSettings, Settings
+from tests import _harness
 
 REPO = Path(__file__).resolve().parents[2]
 SASL_PW = "s3cr3t-sasl-Pw"
@@ -169,7 +170,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for localhost/127.0.0.1, and a client certificate with an encrypted key."""
     if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not available")
+        _harness.skip(_harness.Kind.TOOL, "openssl CLI not available")
     d = tmp_path_factory.mktemp("pki")
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
              "-subj", "/CN=l2g-test-ca", cwd=d)
@@ -318,7 +319,8 @@ def test_settings_file_secrets_are_masked(tmp_path: Path) -> None:
 
 
 def test_print_settings_masks_secrets(secret_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    cli = pytest.importorskip("stream.cli")
+    from stream import cli
+
     monkeypatch.setenv("L2G_KAFKA__CONSUMER_EXTRA", json.dumps({"sasl_oauth_token": SASL_PW}))
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
@@ -408,6 +410,7 @@ def test_http_other_methods_are_refused(server: HealthServer, method: str, path:
     assert b"l2g_" not in body  # no metrics through another verb
 
 
+@pytest.mark.slow  # waits out the idle timeout
 def test_http_survives_garbage_and_idle_connections(server: HealthServer) -> None:
     idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(20)]
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
@@ -422,6 +425,7 @@ def test_http_survives_garbage_and_idle_connections(server: HealthServer) -> Non
         s.close()
 
 
+@pytest.mark.slow  # waits out the idle timeout
 def test_http_closes_idle_connections(server: HealthServer) -> None:
     """A client that connects and sends nothing does not hold a server thread for long (slowloris)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:

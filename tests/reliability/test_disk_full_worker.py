@@ -20,14 +20,15 @@ import numpy as np
 import pytest
 
 import l2g_core.index.persistence as persistence
-from stream.messages import Query, QueryResult, decode_message, encode_message
+from stream.envelope import decode_message, encode_message
+from stream.messages import Query, QueryResult
 from stream.settings import Settings
 from stream.testing import MemoryBroker, MemoryConnector
 from stream.video import SyntheticCamera, chunk_messages, encode_segments
 from stream.worker import Worker
 from tests.reliability import faults
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 START = 1_700_000_000.0
 FPS = 10.0

@@ -19,11 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream import messages
+from stream.envelope import decode_message, encode_message
 from stream.errors import BadInputError, SchemaError
-from stream.messages import CandidatePartial, DeadLetter, Query, QueryResult, VideoChunk, decode_message, encode_message
+from stream.messages import CandidatePartial, DeadLetter, Query, QueryResult, VideoChunk
 
 # every schema the module can decode (CandidatePartial and future kinds are picked up automatically)
-SCHEMAS: list[type[Any]] = sorted(set(messages._BY_KIND.values()), key=lambda c: c.__name__)
+SCHEMAS: list[type[Any]] = sorted(set(messages.SCHEMAS.values()), key=lambda c: c.__name__)
 CHEAP = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_scalars = st.one_of(
@@ -99,6 +100,7 @@ def test_random_bytes(schema: type[Any], data: bytes) -> None:
     _check(data, None, schema)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda c: c.__name__)
 @CHEAP
 @given(doc=json_values)
@@ -106,6 +108,7 @@ def test_random_json_documents(schema: type[Any], doc: Any) -> None:
     _check(json.dumps(doc).encode(), None, schema)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda c: c.__name__)
 @CHEAP
 @given(field=st.text(max_size=20), value=json_values, drop=st.sampled_from([None, 0, 1, 2, 3, 4]))
@@ -212,6 +215,7 @@ def test_pathological_json(schema: type[Any], raw: bytes) -> None:
     _check(raw, None, schema)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda c: c.__name__)
 def test_giant_fields(schema: type[Any]) -> None:
     doc = _valid(schema)

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream.envelope import decode_message
 from stream.errors import BadInputError, ReferenceError_
-from stream.messages import Query, VideoChunk, decode_message
+from stream.messages import Query, VideoChunk
 from stream.refs import resolve_ref
 from stream.settings import StorageSettings
 

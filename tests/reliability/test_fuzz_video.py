@@ -115,6 +115,7 @@ def test_truncated_segments(which: str, cut: float) -> None:
         assert out.decoded <= FRAMES
 
 
+@pytest.mark.slow
 @VIDEO
 @given(which=st.sampled_from(["mpegts", "mp4"]),
        flips=st.lists(st.tuples(st.integers(min_value=0, max_value=2**31), st.integers(1, 255)), min_size=1,
@@ -132,6 +133,7 @@ def test_garbage(data: bytes, container: str) -> None:
     _check(data, container=container)
 
 
+@pytest.mark.slow
 @VIDEO
 @given(start=st.integers(min_value=0, max_value=len(TS)), length=st.integers(min_value=0, max_value=len(TS)),
        junk=st.binary(max_size=2_000))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.messages import VideoChunk, encode_message
+from stream.envelope import encode_message
+from stream.messages import VideoChunk
 from stream.settings import Settings
 from stream.testing import MemoryBroker, MemoryConnector
 from stream.video import SyntheticCamera, encode_segments

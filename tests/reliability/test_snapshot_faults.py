@@ -139,6 +139,7 @@ def _write_steps(tmp_path: Path) -> int:
     return counter.calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["write", "fsync", "replace"])
 def test_disk_full_at_every_step_keeps_the_previous_snapshot(tmp_path: Path, mode: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,6 +173,7 @@ def test_disk_full_at_every_step_keeps_the_previous_snapshot(tmp_path: Path, mod
         assert files == {"manifest.json", *(e["file"] for e in manifest["shards"])}  # no orphans
 
 
+@pytest.mark.slow
 def test_a_real_kernel_write_limit_fails_cleanly(tmp_path: Path) -> None:
     """RLIMIT_FSIZE makes the kernel refuse a write past the limit (EFBIG) half-way through a shard file."""
     snap = tmp_path / "snap"
@@ -203,7 +205,7 @@ def test_a_real_kernel_write_limit_fails_cleanly(tmp_path: Path) -> None:
 
 def test_partitioned_index_retries_a_failed_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     part = Partition("l2g.video", 1)
-    store = PartitionedIndex(sw.config(None), RetrievalConfig(), tmp_path / "tag")
+    store = PartitionedIndex(sw.config(None), tmp_path / "tag")
     assert store.open(part) is None
     first = [frame(s) for s in range(40)]
     store.add(part, [k for k, _ in first], [f for _, f in first])
@@ -217,12 +219,12 @@ def test_partitioned_index_retries_a_failed_snapshot(tmp_path: Path, monkeypatch
     assert isinstance(report.failed[part], SnapshotError) and "No space left" in str(report.failed[part])
     monkeypatch.undo()
 
-    restarted = PartitionedIndex(sw.config(None), RetrievalConfig(), tmp_path / "tag")
+    restarted = PartitionedIndex(sw.config(None), tmp_path / "tag")
     assert restarted.open(part) == 7  # the last good snapshot's offset, not the failed one's
     assert len(restarted) == 40
     # the partition is still dirty: the next cycle writes it without new frames
     assert store.snapshot({part: 15}, {"worker": "w1"}) == SnapshotReport(written=(part,))
-    restarted = PartitionedIndex(sw.config(None), RetrievalConfig(), tmp_path / "tag")
+    restarted = PartitionedIndex(sw.config(None), tmp_path / "tag")
     assert restarted.open(part) == 15 and len(restarted) == 80
 
 

@@ -11,6 +11,7 @@ import pytest
 from bench import run_all
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", run_all.BENCHES, ids=[b[0] for b in run_all.BENCHES])
 def test_every_benchmark_exists_and_takes_its_flags(entry: tuple[str, str, list[str], list[str], bool]) -> None:
     _, module, full, quick, _ = entry

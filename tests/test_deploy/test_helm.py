@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import _harness
 from tests.test_deploy.support import (
     CHART_DIR,
     RenderError,
@@ -40,7 +41,7 @@ SASL = {
 @pytest.fixture(scope="module")
 def renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("go") is None:
-        pytest.skip("no Go toolchain: the offline Helm renderer cannot be built")
+        _harness.skip(_harness.Kind.GO, "no Go toolchain: the offline Helm renderer cannot be built")
     binary = build_renderer(tmp_path_factory.mktemp("helm_render"))
     assert binary is not None
     return binary

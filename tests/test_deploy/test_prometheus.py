@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from stream.settings import QuerySettings
+from tests import _harness
 from tests.test_deploy.support import (
     ALERTS_FILE,
     ALERTS_TEST_FILE,
@@ -115,7 +116,8 @@ def test_every_alert_has_a_firing_unit_test(rules: list[dict[str, Any]]) -> None
     assert not missing, f"alerts without a firing case in {ALERTS_TEST_FILE.name}: {sorted(missing)}"
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+@_harness.skip_unless(shutil.which("promtool") is not None, _harness.Kind.PROMTOOL,
+                      "promtool not installed (apt-get install prometheus)")
 @pytest.mark.parametrize("args", [("check", "config", str(PROMETHEUS_CONFIG)), ("check", "rules", str(ALERTS_FILE)),
                                   ("test", "rules", str(ALERTS_TEST_FILE))],
                          ids=["check-config", "check-rules", "test-rules"])

@@ -9,7 +9,7 @@ import torch
 from l2g_core import FrameFeatures, FrameKey, IndexConfig, RetrievalConfig, RollingIndex
 from l2g_core.chamfer import aggregate_neighbors, exact_chamfer, pairwise_chamfer
 from l2g_core.datasets import make_synthetic_video
-from l2g_core.search import local_candidates
+from l2g_core.shortlist import local_candidates
 from l2g_core.types import l2_normalize
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from l2g_core import MODES, Candidates, ConfigError, IndexConfig, RetrievalConfig, Retriever, RollingIndex, ShapeError
+from l2g_core import MODES, ConfigError, IndexConfig, RetrievalConfig, Retriever, RollingIndex, ShapeError
 from l2g_core.datasets import make_synthetic_video
 from l2g_core.evaluation import GroundTruth, mean_average_precision
 from l2g_core.rerank.l2g import dissimilarity_matrix, query_weights
@@ -84,12 +84,13 @@ def test_expired_deadline_returns_partial_answer_and_says_so(setup) -> None:
 
 def test_candidates_merge_is_independent_of_sharding(setup) -> None:
     retriever, video = setup
-    from l2g_core import prepare_query
+    from l2g_core import SearchPlan, merge_candidates, prepare_query, stage1
 
     q = prepare_query(video.queries[1], retriever.config, 32, 16)
-    whole = retriever.candidates(q, "local", k=50, cameras=None)
-    parts = [retriever.candidates(q, "local", k=50, cameras={c}) for c in ("cam-0", "cam-1")]
-    merged = Candidates.merge(parts, 50, 16)
+    plan = SearchPlan.build("local", 50, retriever.config)
+    whole = stage1(retriever.index, q, plan, retriever.config, cameras=None)
+    parts = [stage1(retriever.index, q, plan, retriever.config, cameras={c}) for c in ("cam-0", "cam-1")]
+    merged = merge_candidates(parts, plan, 16)
     assert merged.keys == whole.keys
     np.testing.assert_allclose(merged.scores, whole.scores)
 

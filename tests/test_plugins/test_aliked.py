@@ -35,6 +35,7 @@ def test_missing_file_fails_at_setup(tmp_path: Path) -> None:
 
 
 @pytest.mark.shared_data
+@pytest.mark.slow
 def test_real_weights_on_a_warped_copy(shared_data: Path) -> None:
     weights = shared_data / "weights" / "aliked-n16.pth"
     if not weights.is_file():

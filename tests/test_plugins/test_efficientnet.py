@@ -23,6 +23,7 @@ def test_output_contract(effnet: Any, scene: np.ndarray) -> None:
     assert np.all(f.global_descriptor >= 0)  # GeM of a ReLU6 map
 
 
+@pytest.mark.slow
 def test_weights_load_and_classify_sanely() -> None:
     # The converted TF weights with TF padding: the classifier must be confident on *something* for a
     # natural-ish image and the trunk must give a 1280 x H/32 x W/32 map.
@@ -47,6 +48,7 @@ def test_batch_equals_single_frames(effnet: Any, scene: np.ndarray, other_scene:
         np.testing.assert_allclose(effnet.extract(frame[None])[0].global_descriptor, f.global_descriptor, atol=1e-5)
 
 
+@pytest.mark.slow
 class TestWhitening:
     def test_learn_whitening_whitens(self) -> None:
         rng = np.random.default_rng(0)

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from plugins import get_extractor, resolve_device
+from tests import _harness
 from tests.test_plugins.support import check_features, textured_image
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    _harness.skip_unless(torch.cuda.is_available(), _harness.Kind.GPU, "needs a CUDA device"),
 ]
 
 

@@ -14,6 +14,7 @@ import plugins.options
 from plugins import PRESETS, PluginError, WeightsError, extractor_class, get_extractor
 from plugins.efficientnet import EfficientNetGeMOptions, Whitening
 from plugins.options import ExtractorOptions
+from plugins.registry import preset_options
 from plugins.weights import EFFICIENTNET_LITE0, XFEAT, resolve_weights
 from plugins.xfeat import XFeatOptions
 
@@ -130,7 +131,7 @@ class TestOptions:
 
     def test_presets_are_valid_options(self) -> None:
         for name, preset in PRESETS.items():
-            opts = preset.validated()
+            opts = preset_options(preset)
             assert isinstance(opts, extractor_class(preset.extractor).Options)
             assert get_extractor(name).opts == opts
 

@@ -16,7 +16,7 @@ import pytest
 from bench.bench_extractors import box_inliers, graf_consistency, landmark_map
 from plugins import Extractor, get_extractor
 
-pytestmark = pytest.mark.shared_data
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

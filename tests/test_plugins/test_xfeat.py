@@ -32,6 +32,7 @@ def test_max_keypoints_is_respected(scene: np.ndarray) -> None:
     assert f.num_features == 50
 
 
+@pytest.mark.slow
 def test_batch_equals_single_frames(xfeat: Any, scene: np.ndarray, other_scene: np.ndarray) -> None:
     batch = xfeat.extract(np.stack([scene, other_scene]))
     singles = [xfeat.extract(scene[None])[0], xfeat.extract(other_scene[None])[0]]
@@ -108,6 +109,7 @@ def test_max_filter_equals_max_pool() -> None:
         assert torch.equal(max_filter(x, k), F.max_pool2d(x, k, stride=1, padding=k // 2))
 
 
+@pytest.mark.slow
 def test_batchnorm_folding_keeps_outputs() -> None:
     import torch
 

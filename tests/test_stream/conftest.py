@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream.messages import OutboundMessage, VideoChunk
+from stream.envelope import OutboundMessage
+from stream.messages import VideoChunk
 from stream.settings import Settings
 from stream.testing import MemoryBroker
 from stream.video import SyntheticCamera, chunk_messages, encode_segments

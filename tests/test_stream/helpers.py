@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from stream.messages import DeadLetter, Query, QueryResult, decode_message, encode_message
+from stream.envelope import decode_message, encode_message
+from stream.messages import DeadLetter, Query, QueryResult
 from stream.settings import Settings
 from stream.testing import MemoryBroker, MemoryConnector
 from stream.worker import Worker

@@ -15,9 +15,10 @@ import l2g_core.index.persistence as persistence
 from l2g_core import SnapshotError
 from plugins import ExtractorInputError, get_extractor
 from stream.deadletter import DeadLetterPublisher
+from stream.envelope import decode_message, encode_message
 from stream.errors import ExtractorCrashError
 from stream.ingest import IngestLoop
-from stream.messages import DeadLetter, VideoChunk, decode_message, encode_message
+from stream.messages import DeadLetter, VideoChunk
 from stream.metrics import StreamMetrics
 from stream.ports import Partition
 from stream.sampling import keep_frame
@@ -59,7 +60,7 @@ def expected_keys(camera: str, frames: int, rate: float = 2.0) -> set[tuple[str,
 
 
 def index_keys(index: PartitionedIndex) -> list[tuple[str, int]]:
-    return [k.dedup_key for _, idx in index.items() for s in idx.shards() for k in s.keys]
+    return [(k.camera_id, int(k.sequence)) for _, idx in index.items() for s in idx.shards() for k in s.keys]
 
 
 def dead_letters(broker: MemoryBroker) -> list[DeadLetter]:
@@ -120,7 +121,7 @@ def test_restart_resumes_from_the_snapshot_and_dedups_replays(tmp_path: Path, br
     snap = tmp_path / "snapshots"
     loaded, meta, _ = persistence.load_index(next(p for p in snap.glob("*/*") if p.name.endswith(f"-{part.partition}")))
     assert meta["offset"] == broker.end(part)
-    keys = [k.dedup_key for s in loaded.shards() for k in s.keys]
+    keys = [(k.camera_id, int(k.sequence)) for s in loaded.shards() for k in s.keys]
     assert len(keys) == len(set(keys)) == 16
 
 
@@ -358,3 +359,21 @@ def test_an_extractor_bug_is_a_crash_report_not_a_dead_letter(tmp_path: Path, br
     loop.close()  # what Worker does when the policy stops it: the final checkpoint commits only what was indexed
     assert broker.committed(settings.ingest.group_id, part) == 1  # a restarted worker reads the batch again
 
+
+
+def test_a_chunk_that_crashes_the_extractor_is_dead_lettered_and_the_loop_goes_on(tmp_path: Path,
+                                                                                 broker: MemoryBroker) -> None:
+    """Issue 11: one poison chunk must not stop the worker. The extractor crashes on one frame only (a canary frame
+    passes), so the runtime is sound: that chunk is dead-lettered as ``extractor_crash`` (not as bad input)."""
+    settings = make_settings(tmp_path)
+    publish(broker, "l2g.video", camera_chunks("cam-a", 1))
+    extractor = FaultyExtractor(lambda: RuntimeError("a bug on this frame"), bad="first")
+    loop, metrics = build(settings, broker, extractor=extractor)
+    drain(loop, broker)
+    letters = dead_letters(broker)
+    assert [(d.stage, d.reason, d.error_class) for d in letters] == [("ingest", "extractor_crash",
+                                                                       "ExtractorCrashError")]
+    assert "a bug on this frame" in letters[0].error_message
+    assert len(loop.index) == 7  # every other frame is indexed
+    assert metrics.value("l2g_extractor_errors_total", {"extractor": "toy"}) == 1  # the crash report, once
+    assert all(pos > 0 for pos in loop.positions.values())  # the loop went past the poison chunk

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.messages import CandidatePartial, decode_message
+from l2g_core import SearchPlan, search
+from stream.envelope import decode_message
+from stream.messages import CandidatePartial
 from stream.testing import MemoryBroker
 
 from .conftest import START, camera_chunks, camera_frame, make_settings, publish
@@ -63,6 +65,7 @@ def test_a_crop_of_one_frame_is_found_at_its_camera_and_time(tmp_path: Path) -> 
     w.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["l2g", "global_to_local", "local", "global"])
 def test_several_workers_answer_exactly_like_one(tmp_path: Path, mode: str) -> None:
     cams = cameras_on_partitions(4)
@@ -89,7 +92,9 @@ def test_several_workers_answer_exactly_like_one(tmp_path: Path, mode: str) -> N
         # and both equal a single in-process search over the whole index
         assert single.index is not None and single.query is not None
         feats = single.query.extractor.extract(__import__("stream.decode", fromlist=["x"]).decode_image(image)[None])
-        direct = single.index.search(feats[0], mode=mode, k=6)
+        cfg = single.settings.index.retrieval_config()
+        indexes = [index for _, index in single.index.items()]
+        direct = search(indexes, feats[0], SearchPlan.build(mode, 6, cfg), cfg)
         assert [(h.key.camera_id, h.key.sequence, h.score) for h in direct.hits] == \
             [(m.camera_id, m.frame, m.score) for m in r1.matches]
     # every query was merged by exactly one worker
@@ -154,7 +159,8 @@ def test_bad_queries_are_dead_lettered_once_and_answered_with_an_error(tmp_path:
     broker.append("l2g.queries", b"bad-k", b'{"kind": "query", "query_id": "bad-k", "image": "AAAA", "k": 0}', [])
     send_query(broker, b"GIF89a not an image", query_id="bad-image")
     send_query(broker, png(camera_frame(1, 0)[:8, :8]), query_id="tiny")
-    from stream.messages import Query, encode_message
+    from stream.envelope import encode_message
+    from stream.messages import Query
 
     out = encode_message(Query(query_id="bad-ref", image_ref="/etc/hostname"), source="t")
     broker.append("l2g.queries", out.key, out.value, out.headers)

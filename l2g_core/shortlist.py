@@ -1,9 +1,10 @@
-"""First-stage searches over the rolling index: local (Chamfer over FAISS neighbours) and global (cosine)."""
+"""Stage 1 over one rolling index: local (kernel Chamfer over FAISS neighbours) or global (cosine), as planned."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
+from dataclasses import replace
 
 import numpy as np
 
@@ -12,9 +13,11 @@ from l2g_core.chamfer import aggregate_neighbors
 from l2g_core.config import RetrievalConfig
 from l2g_core.index.rolling import RollingIndex
 from l2g_core.index.shard import Shard
+from l2g_core.plan import SearchPlan, Stage
+from l2g_core.prepared import PreparedQuery
 from l2g_core.types import FloatArray
 
-__all__ = ["global_candidates", "local_candidates"]
+__all__ = ["global_candidates", "local_candidates", "stage1"]
 
 ShardScorer = Callable[[Shard], FloatArray]
 
@@ -29,7 +32,7 @@ def _in_time(shard: Shard, time_range: tuple[float, float] | None) -> np.ndarray
 def _collect(
     index: RollingIndex,
     scorer: ShardScorer,
-    stage: str,
+    stage: Stage,
     limit: int,
     cameras: Collection[str] | None,
     time_range: tuple[float, float] | None,
@@ -55,7 +58,13 @@ def _collect(
             parts.append((shard, idx, scores[idx].astype(np.float32)))
             searched += 1
             frames_searched += len(shard)
-        coverage = Coverage(frames_searched, total_frames, searched, len(shards), not notes, tuple(notes))
+        stamps = [(float(s.timestamps.min()), float(s.timestamps.max())) for s in index.shards() if len(s)]
+        coverage = Coverage(
+            frames_searched=frames_searched, frames_total=total_frames, shards_searched=searched,
+            shards_total=len(shards), partitions_searched=1, partitions_total=1, complete=not notes,
+            indexed_from=min(a for a, _ in stamps) if stamps else None,
+            indexed_to=max(b for _, b in stamps) if stamps else None, notes=tuple(notes),
+        )
         per_shard = [
             Candidates(
                 keys=[shard.keys[i] for i in idx],
@@ -67,9 +76,8 @@ def _collect(
             )
             for shard, idx, sc in parts
         ]
-    merged = Candidates.merge(per_shard, limit, index.config.global_dim)
-    return Candidates(merged.keys, merged.scores, stage, merged.global_descriptors, merged.descriptors,
-                      merged.keypoints, coverage)
+    merged = Candidates.merge(per_shard, limit, index.config.global_dim, stage)
+    return replace(merged, coverage=coverage)
 
 
 def local_candidates(
@@ -121,3 +129,33 @@ def global_candidates(
         return (shard.globals @ query_global).astype(np.float32)
 
     return _collect(index, score, "global", limit, cameras, time_range, deadline)
+
+
+def stage1(
+    index: RollingIndex,
+    query: PreparedQuery,
+    plan: SearchPlan,
+    config: RetrievalConfig,
+    *,
+    cameras: Collection[str] | None = None,
+    time_range: tuple[float, float] | None = None,
+    deadline: float | None = None,
+) -> Candidates:
+    """Stage 1 of ``plan`` over one index: its best ``plan.shortlist`` frames, best first.
+
+    Args:
+        index: the rolling index.
+        query: the prepared query.
+        plan: what to score and how many to keep.
+        config: stage-1 parameters (neighbours, kernel).
+        cameras, time_range: filters (None = all).
+        deadline: ``time.monotonic()`` value after which no further shard is searched.
+
+    Returns:
+        Candidates with ``stage=plan.stage1`` and the index's coverage (one partition).
+    """
+    if plan.stage1 == "global":
+        return global_candidates(index, query.global_descriptor, limit=plan.shortlist, cameras=cameras,
+                                 time_range=time_range, deadline=deadline)
+    return local_candidates(index, query.descriptors, config, limit=plan.shortlist, cameras=cameras,
+                            time_range=time_range, deadline=deadline)

@@ -1,0 +1,55 @@
+"""Query features ready for search: checked against the index, strongest first, unit norm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from l2g_core.config import RetrievalConfig
+from l2g_core.errors import ShapeError
+from l2g_core.types import FloatArray, FrameFeatures, l2_normalize
+
+__all__ = ["PreparedQuery", "prepare_query"]
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """Query features ready for search: unit descriptors, strongest first.
+
+    Attributes:
+        descriptors: ``(Q, D)`` float32.
+        keypoints: ``(Q, 2)`` float32.
+        global_descriptor: ``(G,)`` float32.
+    """
+
+    descriptors: FloatArray
+    keypoints: FloatArray
+    global_descriptor: FloatArray
+
+    @property
+    def local_dim(self) -> int:
+        """D."""
+        return int(self.descriptors.shape[1])
+
+    @property
+    def global_dim(self) -> int:
+        """G."""
+        return int(self.global_descriptor.shape[0])
+
+
+def prepare_query(query: FrameFeatures, config: RetrievalConfig, local_dim: int, global_dim: int) -> PreparedQuery:
+    """Check dimensions, keep the strongest ``config.query_features`` features and L2-normalise.
+
+    Raises:
+        ShapeError: dimensions differ from the index's.
+    """
+    if query.descriptors.shape[1] != local_dim:
+        raise ShapeError(f"query descriptors have dimension {query.descriptors.shape[1]}, index has {local_dim}")
+    if query.global_descriptor.shape[0] != global_dim:
+        raise ShapeError(f"query global descriptor has dimension {query.global_descriptor.shape[0]}, "
+                         f"index has {global_dim}")
+    top = query.top(config.query_features)
+    return PreparedQuery(
+        descriptors=l2_normalize(top.descriptors) if top.num_features else top.descriptors,
+        keypoints=top.keypoints,
+        global_descriptor=l2_normalize(query.global_descriptor),
+    )

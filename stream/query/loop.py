@@ -1,0 +1,283 @@
+"""The stage-1 query loop: every worker reads every query and publishes its partitions' candidates."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from l2g_core import L2GError, PreparedQuery, RetrievalConfig, SearchPlan, prepare_query, stage1
+from plugins.errors import ExtractorInputError
+from stream.deadletter import dead_letter_for
+from stream.decode import decode_image
+from stream.envelope import decode_message, encode_message
+from stream.errors import BadInputError, ImageDecodeError, MessageTooLargeError, SchemaError
+from stream.health import Health
+from stream.messages import CandidatePartial, Query
+from stream.metrics import StreamMetrics
+from stream.ports import FeatureExtractor, MessageSink, MessageSource, Partition, Record
+from stream.query.wire import PackedPartial, PartitionList, pack_partials, query_payload
+from stream.refs import resolve_ref
+from stream.settings import Settings
+from stream.store import PartitionedIndex
+
+__all__ = ["STAGE", "QueryLoop"]
+
+LOG = logging.getLogger(__name__)
+STAGE = "query"
+_WORKER_STAGES = ("queue", "decode_image", "extract", "stage1")
+_POLL_RECORDS = 64
+
+
+@dataclass(order=True)
+class _Admitted:
+    """A query read and checked, waiting for its search (ordered by deadline, then arrival)."""
+
+    deadline: float
+    seq: int
+    rec: Record = field(compare=False)
+    query: Query = field(compare=False)
+    plan: SearchPlan = field(compare=False)
+    received: float = field(compare=False)
+    notes: list[str] = field(compare=False)
+
+
+def _position_of(rec: Record) -> str:
+    return f"{rec.topic}/{rec.partition}/{rec.offset}"
+
+
+def _query_id_of(rec: Record) -> str:
+    if rec.key:
+        text = rec.key.decode("utf-8", "replace").strip()
+        if 0 < len(text) <= 256:
+            return text
+    return f"{rec.topic}-{rec.partition}-{rec.offset}"
+
+
+class QueryLoop:
+    """Reads every query (all partitions of the query topic, from the end, no group) and publishes this worker's
+    stage-1 partials to the candidates topic (see :mod:`stream.query`).
+
+    Args:
+        settings: all settings.
+        source: a consumer without a group.
+        sink: producer for the candidates topic.
+        index: the partition indexes this worker owns (shared with the ingest loop).
+        extractor: the query extractor (set up already; the ingest loop has its own instance).
+        retrieval: retrieval parameters (the same on every worker).
+        metrics, health: metrics; heartbeat ``query`` and readiness ``query_assigned``.
+        worker_id: identity in partials.
+    """
+
+    def __init__(self, settings: Settings, source: MessageSource, sink: MessageSink, index: PartitionedIndex,
+                 extractor: FeatureExtractor, retrieval: RetrievalConfig, *, metrics: StreamMetrics,
+                 health: Health | None = None, worker_id: str = "") -> None:
+        self.settings = settings
+        self.cfg = settings.query
+        self.source = source
+        self.sink = sink
+        self.index = index
+        self.extractor = extractor
+        self.retrieval = retrieval
+        self.metrics = metrics
+        self.health = health
+        self.worker_id = worker_id
+        self.assigned: list[Partition] = []
+        self._next_assign = 0.0
+        self.handled = 0
+        self._backlog: list[_Admitted] = []  # a heap: earliest deadline first
+        self._seq = 0
+        self._cost_s = 0.0  # moving average of one query's search time on this worker
+
+    def start(self) -> None:
+        """Read every partition of the query topic from its end."""
+        if self.health is not None:
+            self.health.set_condition("query_assigned", False)
+        self._try_assign()
+
+    def _try_assign(self) -> None:
+        self._next_assign = time.monotonic() + 1.0
+        self.assigned = self.source.assign_all(self.settings.topics.queries, from_end=True)
+        if self.assigned and self.health is not None:
+            self.health.set_condition("query_assigned", True)
+        if not self.assigned:
+            LOG.info("query topic %s not found yet; retrying", self.settings.topics.queries)
+
+    def close(self) -> None:
+        """Release the consumer."""
+        self.source.close()
+        if self.health is not None:
+            self.health.forget("query")
+
+    def run_once(self) -> int:
+        """One poll (without waiting while queries are queued), then the most urgent query; returns records read."""
+        if self.health is not None:
+            self.health.beat("query")
+        if not self.assigned:
+            if time.monotonic() >= self._next_assign:
+                self._try_assign()
+            if not self.assigned:
+                time.sleep(self.cfg.poll_timeout_s)
+                return 0
+        records = self.source.poll(0.0 if self._backlog else self.cfg.poll_timeout_s, _POLL_RECORDS)
+        for rec in records:
+            self.admit(rec)
+        self.serve_next()
+        return len(records)
+
+    def handle(self, rec: Record) -> list[CandidatePartial]:
+        """Admit one query record and serve the queue; returns the partials sent (tests and tools)."""
+        self.admit(rec)
+        sent: list[CandidatePartial] = []
+        while self._backlog:
+            sent += self.serve_next()
+        return sent
+
+    def admit(self, rec: Record) -> None:
+        """Read one query record into the queue (earliest deadline first); a bad one is answered with an error."""
+        received = time.time()
+        self.handled += 1
+        query: Query | None = None
+        try:
+            if rec.size > self.settings.kafka.max_message_bytes:
+                raise MessageTooLargeError(f"query message of {rec.size} bytes exceeds kafka.max_message_bytes")
+            query = decode_message(rec.value, rec.headers, Query)
+            try:
+                plan = SearchPlan.build(query.mode or self.cfg.mode, query.k, self.retrieval)
+            except L2GError as exc:
+                raise SchemaError(str(exc)) from exc
+        except BadInputError as exc:
+            self._send_error(rec, query, exc, received)
+            return
+        deadline, notes = self._deadline(query, received)
+        self._seq += 1
+        heapq.heappush(self._backlog, _Admitted(deadline, self._seq, rec, query, plan, received, notes))
+
+    def serve_next(self) -> list[CandidatePartial]:
+        """Shed every queued query whose deadline can no longer be met, then search the most urgent one."""
+        margin = self.cfg.deadline_margin_s
+        sent: list[CandidatePartial] = []
+        while self._backlog:
+            item = heapq.heappop(self._backlog)
+            if time.time() + self._cost_s > item.deadline - margin:
+                sent += self._shed(item)
+                continue
+            sent += self._answer(item)
+            break
+        return sent
+
+    def _shed(self, item: _Admitted) -> list[CandidatePartial]:
+        late = time.time() + self._cost_s - item.deadline
+        note = (f"shed by {self.worker_id or 'a worker'}: {len(self._backlog)} queries queued, a search takes "
+                f"~{self._cost_s * 1e3:.0f} ms, the deadline would be missed by {late * 1e3:.0f} ms")
+        own = sorted(part.partition for part, _ in self.index.items() if part.topic == self.settings.topics.video)
+        partial = self._base(item, [*item.notes, note]).model_copy(update={"skipped_partitions": own})
+        self.metrics.queries_shed.inc()
+        LOG.info("query %s %s", item.query.query_id, note)
+        self._send([PackedPartial(partial, encode_message(partial, source=self.worker_id))])
+        return [partial]
+
+    def _base(self, item: _Admitted, notes: list[str]) -> CandidatePartial:
+        dims = self.index.config
+        return CandidatePartial(
+            query_id=item.query.query_id, worker_id=self.worker_id, answer_id=uuid.uuid4().hex, mode=item.plan.mode,
+            k=item.plan.k, stage=item.plan.stage1, local_dim=dims.local_dim, global_dim=dims.global_dim,
+            video_topic=self.settings.topics.video, deadline=item.deadline, sent_at=item.query.sent_at,
+            received_at=item.received, notes=notes, query_position=_position_of(item.rec),
+        )
+
+    def _prepare(self, query: Query) -> tuple[PreparedQuery, dict[str, float]]:
+        t0 = time.perf_counter()
+        data = query.image if query.image is not None else resolve_ref(query.image_ref or "", self.settings.storage)
+        image = decode_image(data, max_side=self.cfg.image_max_side, max_pixels=self.cfg.max_image_pixels)
+        t1 = time.perf_counter()
+        try:
+            features = self.extractor.extract(image[None])[0]
+        except ExtractorInputError as exc:  # e.g. an image too small for the extractor
+            raise ImageDecodeError(f"the extractor rejects the image: {exc}", reason="bad_image") from exc
+        t2 = time.perf_counter()
+        dims = self.index.config
+        prepared = prepare_query(features, self.retrieval, dims.local_dim, dims.global_dim)
+        return prepared, {"decode_image": (t1 - t0) * 1e3, "extract": (t2 - t1) * 1e3}
+
+    def _deadline(self, query: Query, received: float) -> tuple[float, list[str]]:
+        """The query's effective deadline (Unix time) and the notes that explain a change to it."""
+        cfg = self.cfg
+        if query.deadline is None:
+            return received + cfg.default_timeout_s, []
+        if query.deadline <= received:
+            return received + cfg.default_timeout_s, [
+                f"deadline {received - query.deadline:.1f} s in the past when read (client clock behind?): answered "
+                f"within query.default_timeout_s={cfg.default_timeout_s:g}"]
+        if query.deadline > received + cfg.max_timeout_s:
+            return received + cfg.max_timeout_s, [f"deadline brought forward to query.max_timeout_s="
+                                                  f"{cfg.max_timeout_s:g} after reading"]
+        return query.deadline, []
+
+    def _answer(self, item: _Admitted) -> list[CandidatePartial]:
+        """Stage 1 of one admitted query over this worker's partitions; sends the partials."""
+        started = time.perf_counter()
+        query, plan = item.query, item.plan
+        latency: dict[str, float] = {}
+        if query.sent_at is not None:
+            latency["queue"] = max(0.0, (time.time() - query.sent_at) * 1e3)
+        try:
+            prepared, times = self._prepare(query)
+        except BadInputError as exc:
+            return self._send_error(item.rec, query, exc, item.received)
+        latency.update(times)
+        stop_at = time.monotonic() + (item.deadline - self.cfg.deadline_margin_s - time.time())
+        t3 = time.perf_counter()
+        lists = [
+            PartitionList(part.partition, cands.take(np.arange(min(plan.transport.candidates, len(cands)))))
+            for part, index in self.index.items() if part.topic == self.settings.topics.video
+            for cands in [stage1(index, prepared, plan, self.retrieval, cameras=query.cameras,
+                                 time_range=query.time_range, deadline=stop_at)]
+        ]
+        latency["stage1"] = (time.perf_counter() - t3) * 1e3
+        for stage in _WORKER_STAGES:
+            if stage in latency:
+                self.metrics.query_latency.labels(stage).observe(latency[stage] / 1e3)
+        base = self._base(item, item.notes).model_copy(update={
+            "latency_ms": latency, "query_features": query_payload(prepared, plan.transport)})
+        try:
+            packed = pack_partials(base, lists, plan.transport, self.settings.kafka.max_message_bytes,
+                                   source=self.worker_id)
+        except MessageTooLargeError as exc:  # only when max_message_bytes is absurdly small
+            return self._send_error(item.rec, query, exc, item.received)
+        self._send(packed)
+        cost = time.perf_counter() - started
+        self._cost_s = cost if not self._cost_s else 0.7 * self._cost_s + 0.3 * cost
+        return [p.partial for p in packed]
+
+    def _send_error(self, rec: Record, query: Query | None, exc: BadInputError, received: float) -> list[
+            CandidatePartial]:
+        qid = query.query_id if query is not None else _query_id_of(rec)
+        letter = dead_letter_for(rec, stage=STAGE, error=exc, worker_id=self.worker_id,
+                                 value_limit=min(65_536, self.settings.kafka.max_message_bytes // 4))
+        partial = CandidatePartial(
+            query_id=qid, worker_id=self.worker_id, answer_id=uuid.uuid4().hex,
+            mode=(query.mode if query is not None and query.mode else self.cfg.mode),
+            k=query.k if query is not None else self.cfg.k, video_topic=self.settings.topics.video,
+            deadline=received + self.cfg.default_timeout_s, sent_at=query.sent_at if query is not None else None,
+            received_at=received, error=str(exc), error_reason=exc.reason, dead_letter=letter,
+            query_position=_position_of(rec),
+        )
+        try:
+            out = encode_message(partial, source=self.worker_id, max_bytes=self.settings.kafka.max_message_bytes)
+        except MessageTooLargeError:
+            partial = partial.model_copy(update={"dead_letter": letter.model_copy(update={"original_value": None})})
+            out = encode_message(partial, source=self.worker_id)
+        LOG.info("query %s rejected (%s): %s", qid, exc.reason, exc)
+        self._send([PackedPartial(partial, out)])
+        return [partial]
+
+    def _send(self, packed: list[PackedPartial]) -> None:
+        for p in packed:
+            self.sink.send(self.settings.topics.candidates, p.message.value, key=p.message.key,
+                           headers=p.message.headers)
+        self.sink.flush()

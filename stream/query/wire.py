@@ -1,0 +1,245 @@
+"""The candidate-partial wire format: the only code that knows how stage-1 lists travel as bytes.
+
+A partial carries, per video partition, what :class:`~l2g_core.Transport` says stage 2 can use, with float32 /
+float16 values as little-endian raw bytes (base64 in the JSON), plus the prepared query features stage 2 needs:
+the merged answer is bit-identical to one process searching every partition. :func:`pack_partials` splits one
+worker's answer into messages under the size limit, sizing candidates from their array shapes and encoding each
+message once (the encoding that is sent).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from l2g_core import Candidates, Coverage, FrameKey, PreparedQuery, Stage, Transport
+from stream.envelope import OutboundMessage, encode_message
+from stream.errors import MessageTooLargeError, SchemaError
+from stream.messages import CandidatePartial, CandidateSection, QueryFeatures
+
+__all__ = [
+    "PackedPartial",
+    "PartitionList",
+    "candidates_from_sections",
+    "pack_partials",
+    "prepared_from_payload",
+    "query_payload",
+]
+
+_SECTION_OVERHEAD = 300  # JSON keys and coverage of one section, bytes (generous)
+_MESSAGE_SLACK = 512  # headers and rounding, bytes
+
+
+@dataclass(frozen=True)
+class PartitionList:
+    """One partition's stage-1 list, already cut to ``Transport.candidates``.
+
+    Attributes:
+        partition: the video partition.
+        candidates: its candidates, best first.
+    """
+
+    partition: int
+    candidates: Candidates
+
+
+@dataclass(frozen=True)
+class PackedPartial:
+    """A partial and its encoding (what is produced)."""
+
+    partial: CandidatePartial
+    message: OutboundMessage
+
+
+def query_payload(prepared: PreparedQuery, transport: Transport) -> QueryFeatures:
+    """The query features stage 2 uses (the strongest ``transport.query_features``), float32 bytes."""
+    total = prepared.descriptors.shape[0]
+    n = total if transport.query_features is None else min(transport.query_features, total)
+    return QueryFeatures(
+        count=n,
+        descriptors=np.ascontiguousarray(prepared.descriptors[:n], dtype="<f4").tobytes(),
+        keypoints=np.ascontiguousarray(prepared.keypoints[:n], dtype="<f4").tobytes(),
+        global_descriptor=np.ascontiguousarray(prepared.global_descriptor, dtype="<f4").tobytes(),
+    )
+
+
+def prepared_from_payload(payload: QueryFeatures, local_dim: int, global_dim: int) -> PreparedQuery:
+    """The :class:`~l2g_core.PreparedQuery` a partial carries.
+
+    Raises:
+        SchemaError: the arrays do not match the dimensions.
+    """
+    desc = np.frombuffer(payload.descriptors, dtype="<f4")
+    glob = np.frombuffer(payload.global_descriptor, dtype="<f4")
+    if local_dim <= 0 or global_dim <= 0 or desc.size != payload.count * local_dim or glob.size != global_dim:
+        raise SchemaError(f"query features ({payload.count} x {desc.size // max(payload.count, 1)}, global "
+                          f"{glob.size}) do not match the partial's dimensions ({local_dim}, {global_dim})")
+    return PreparedQuery(
+        descriptors=desc.reshape(payload.count, local_dim).astype(np.float32),
+        keypoints=np.frombuffer(payload.keypoints, dtype="<f4").reshape(payload.count, 2).astype(np.float32),
+        global_descriptor=glob.astype(np.float32),
+    )
+
+
+def _sent_descriptors(cands: Candidates, i: int, transport: Transport) -> int:
+    if i >= transport.described:
+        return 0
+    stored = int(cands.descriptors[i].shape[0])
+    return stored if transport.descriptors is None else min(transport.descriptors, stored)
+
+
+def _section(part: PartitionList, start: int, end: int, transport: Transport) -> CandidateSection:
+    cands = part.candidates
+    counts = [_sent_descriptors(cands, i, transport) for i in range(start, end)]
+    descs = [np.ascontiguousarray(cands.descriptors[i][:n], dtype="<f2") for i, n in zip(range(start, end), counts,
+                                                                                          strict=True) if n]
+    kps = [np.ascontiguousarray(cands.keypoints[i][:n], dtype="<f4") for i, n in zip(range(start, end), counts,
+                                                                                      strict=True) if n] \
+        if transport.keypoints else []
+    keys = cands.keys[start:end]
+    return CandidateSection(
+        partition=part.partition, start=start, total=len(cands),
+        cameras=[k.camera_id for k in keys],
+        timestamps=[float(k.timestamp) for k in keys],
+        sequences=[int(k.sequence) for k in keys],
+        scores=np.ascontiguousarray(cands.scores[start:end], dtype="<f4").tobytes(),
+        global_descriptors=np.ascontiguousarray(cands.global_descriptors[start:end], dtype="<f4").tobytes(),
+        descriptor_counts=counts,
+        descriptors=b"".join(d.tobytes() for d in descs),
+        keypoints=b"".join(k.tobytes() for k in kps),
+        coverage=cands.coverage,
+    )
+
+
+def _candidate_bytes(cands: Candidates, i: int, transport: Transport, local_dim: int, global_dim: int) -> int:
+    """Upper estimate of one candidate's share of the JSON (base64 arrays, key fields)."""
+    n = _sent_descriptors(cands, i, transport)
+    raw = 4 + 4 * global_dim + n * (2 * local_dim + (8 if transport.keypoints else 0))
+    return math.ceil(raw * 4 / 3) + len(cands.keys[i].camera_id) + 48
+
+
+def _header_bytes(base: CandidatePartial, *, with_features: bool, source: str) -> int:
+    update: dict[str, object] = {"sections": [], "partitions": []}
+    if not with_features:
+        update["query_features"] = None
+    return len(encode_message(base.model_copy(update=update), source=source).value)
+
+
+def _fit_query_features(base: CandidatePartial, max_bytes: int, source: str) -> tuple[CandidatePartial, int]:
+    """``base`` with its query features cut (strongest kept, noted) until they take at most half a message."""
+    header = _header_bytes(base, with_features=True, source=source)
+    feats = base.query_features
+    d = base.local_dim
+    while feats is not None and header > max_bytes // 2 and feats.count > 1:
+        n = feats.count // 2  # stage 2 becomes approximate: say so
+        feats = feats.model_copy(update={"count": n, "descriptors": feats.descriptors[:n * d * 4],
+                                         "keypoints": feats.keypoints[:n * 8]})
+        note = f"query features cut to the strongest {n} to fit kafka.max_message_bytes={max_bytes}"
+        kept = [x for x in base.notes if not x.startswith("query features cut")]
+        base = base.model_copy(update={"query_features": feats, "notes": [*kept, note]})
+        header = _header_bytes(base, with_features=True, source=source)
+    return base, header
+
+
+def pack_partials(base: CandidatePartial, lists: Sequence[PartitionList], transport: Transport, max_bytes: int, *,
+                  source: str) -> list[PackedPartial]:
+    """Split one worker's answer into partials that each encode under ``max_bytes``.
+
+    Args:
+        base: the partial's header fields (query, worker, deadline, query features, ...); its sections are ignored.
+        lists: per partition, the candidates cut to ``transport.candidates``.
+        transport: what travels.
+        max_bytes: the message size limit.
+        source: the ``ce_source`` of the messages.
+
+    Returns:
+        The partials with their encodings; only the first carries ``query_features``.
+
+    Raises:
+        MessageTooLargeError: one candidate alone, or the query features alone, do not fit.
+    """
+    base, header = _fit_query_features(base, max_bytes, source)
+    rest = _header_bytes(base, with_features=False, source=source)
+    budgets = (int(max_bytes * 0.9) - header - _MESSAGE_SLACK, int(max_bytes * 0.9) - rest - _MESSAGE_SLACK)
+    if budgets[0] <= 0 or budgets[1] <= 0:
+        raise MessageTooLargeError(f"the query features alone exceed kafka.max_message_bytes={max_bytes}")
+    messages: list[list[tuple[int, int, int]]] = [[]]  # per message: (list index, start, end)
+    used = 0
+    for li, part in enumerate(lists):
+        cands = part.candidates
+        n = len(cands)
+        start = i = 0
+        while i < n or (n == 0 and i == 0):
+            size = (_candidate_bytes(cands, i, transport, base.local_dim, base.global_dim) if n else 0) + \
+                (_SECTION_OVERHEAD if i == start else 0)
+            budget = budgets[0 if len(messages) == 1 else 1]
+            if used + size > budget and (messages[-1] or i > start or len(messages) == 1):
+                if i > start:
+                    messages[-1].append((li, start, i))
+                if not messages[-1] and len(messages) > 1:
+                    raise MessageTooLargeError(
+                        f"one candidate needs ~{size} bytes, over kafka.max_message_bytes={max_bytes}")
+                messages.append([])  # (the first message may carry the query features alone)
+                used, start = 0, i
+                continue
+            used += size
+            i += 1
+        messages[-1].append((li, start, n))
+    out: list[PackedPartial] = []
+    for m, slices in enumerate(messages):
+        if not slices and m > 0:
+            continue  # (an empty first message still carries the query features)
+        sections = [_section(lists[li], s, e, transport) for li, s, e in slices]
+        partial = base.model_copy(update={
+            "sections": sections,
+            "partitions": sorted({sec.partition for sec in sections}),
+            "query_features": base.query_features if m == 0 else None,
+        })
+        out.append(PackedPartial(partial, encode_message(partial, source=source, max_bytes=max_bytes)))
+    return out
+
+
+def candidates_from_sections(sections: Sequence[CandidateSection], stage: Stage, local_dim: int,
+                             global_dim: int) -> Candidates:
+    """Reassemble one partition's candidate list from its slices (ordered by ``start``).
+
+    The coverage is the partition's (every slice repeats it).
+
+    Raises:
+        SchemaError: the arrays do not match the declared counts or dimensions.
+    """
+    keys: list[FrameKey] = []
+    scores: list[np.ndarray] = []
+    globs: list[np.ndarray] = []
+    descs: list[np.ndarray] = []
+    kps: list[np.ndarray] = []
+    if local_dim <= 0 or global_dim <= 0:
+        raise SchemaError(f"candidate sections need positive dimensions, got ({local_dim}, {global_dim})")
+    try:
+        for sec in sorted(sections, key=lambda s: s.start):
+            n = len(sec.cameras)
+            keys += [FrameKey(c, t, q) for c, t, q in zip(sec.cameras, sec.timestamps, sec.sequences, strict=True)]
+            scores.append(np.frombuffer(sec.scores, dtype="<f4"))
+            globs.append(np.frombuffer(sec.global_descriptors, dtype="<f4").reshape(n, global_dim))
+            counts = np.asarray(sec.descriptor_counts, dtype=np.int64)
+            d = np.frombuffer(sec.descriptors, dtype="<f2").reshape(int(counts.sum()), local_dim)
+            kp = np.frombuffer(sec.keypoints, dtype="<f4").reshape(int(counts.sum()), 2) if sec.keypoints else \
+                np.zeros((int(counts.sum()), 2), np.float32)
+            bounds = np.cumsum(counts)[:-1]
+            descs += [x.astype(np.float16) for x in np.split(d, bounds)] if n else []
+            kps += [x.astype(np.float32) for x in np.split(kp, bounds)] if n else []
+    except (ValueError, TypeError) as exc:  # numpy reshape of foreign bytes; FrameKey's ShapeError is a ValueError
+        raise SchemaError(f"candidate section does not match its dimensions: {exc}") from exc
+    return Candidates(
+        keys=keys,
+        scores=np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32),
+        stage=stage,
+        global_descriptors=np.concatenate(globs).astype(np.float32) if globs else np.zeros((0, global_dim),
+                                                                                             np.float32),
+        descriptors=descs,
+        keypoints=kps,
+        coverage=sections[0].coverage if sections else Coverage(),
+    )
