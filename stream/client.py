@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 
 from stream.envelope import decode_message, encode_message
-from stream.errors import BrokerError, MessageTooLargeError, SchemaError
+from stream.errors import BadInputError, BrokerError, MessageTooLargeError, SchemaError
 from stream.messages import Query, QueryResult
 from stream.ports import MessageSink, MessageSource
 from stream.refs import write_blob
@@ -32,6 +32,9 @@ class PublishReport:
         chunks, frames, bytes: chunks, frames and payload bytes sent.
         references: chunks sent as claim-check references.
         seconds: wall time.
+        path: the file published (``None`` for segments from elsewhere).
+        error: why the file could not be published completely (the counts say what was sent before); ``None`` when
+            it was.
     """
 
     camera_id: str
@@ -40,6 +43,8 @@ class PublishReport:
     bytes: int = 0
     references: int = 0
     seconds: float = 0.0
+    path: str | None = None
+    error: str | None = None
 
 
 def _sink(settings: Settings, client: str) -> MessageSink:
@@ -112,24 +117,44 @@ def video_files(path: Path) -> list[Path]:
 def publish_video_files(settings: Settings, paths: Sequence[Path], *, camera_id: str | None = None,
                         start_time: float | None = None, segment_seconds: float = 2.0,
                         transcode: bool | None = None, max_side: int | None = None, realtime: bool = False,
-                        progress: Callable[[PublishReport], None] | None = None) -> list[PublishReport]:
+                        progress: Callable[[PublishReport], None] | None = None,
+                        stop_on_error: bool = False) -> list[PublishReport]:
     """Segment and publish video files, one camera per file (named ``camera_id`` or after the file).
 
+    A file that cannot be read or published (bad input: :class:`~stream.errors.BadInputError`, e.g. a corrupt file
+    or a segment too large without ``storage.blob_dir``) does not raise: its report carries the ``error`` and what
+    was sent before it; the next file follows, unless ``stop_on_error`` (then the reports end with the failed one).
+
     Raises:
-        VideoDecodeError: a file cannot be read.
-        MessageTooLargeError: see :func:`publish_segments`.
-        BrokerError: delivery failed.
+        BrokerError: delivery failed (every file would fail the same way).
     """
     if camera_id is not None and len(paths) > 1:
         raise ValueError("--camera names one camera; publishing a folder uses one camera per file")
     sink = _sink(settings, "publish")
-    reports = []
+    reports: list[PublishReport] = []
     try:
         for path in paths:
             cam = camera_id or path.stem
+            latest = [PublishReport(cam, path=str(path))]
+
+            def track(report: PublishReport, latest: list[PublishReport] = latest) -> None:
+                report.path = latest[0].path
+                latest[0] = report
+                if progress is not None:
+                    progress(report)
+
             segs = segment_file(path, segment_seconds=segment_seconds, transcode=transcode, max_side=max_side)
-            reports.append(publish_segments(settings, cam, segs, start_time=start_time or time.time(), sink=sink,
-                                            realtime=realtime, progress=progress))
+            try:
+                report = publish_segments(settings, cam, segs, start_time=start_time or time.time(), sink=sink,
+                                          realtime=realtime, progress=track)
+            except BadInputError as exc:
+                report = latest[0]
+                report.error = str(exc)
+                LOG.warning("%s: %s (%d chunks were sent before)", path, exc, report.chunks)
+            report.path = str(path)
+            reports.append(report)
+            if report.error is not None and stop_on_error:
+                break
     finally:
         sink.close()
     return reports

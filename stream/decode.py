@@ -22,6 +22,7 @@ __all__ = [
     "SUPPORTED_CODECS",
     "DecodedChunk",
     "DecodedFrame",
+    "av_error_text",
     "declared_frames",
     "decode_chunk",
     "decode_image",
@@ -117,6 +118,19 @@ def truncation_tolerance(declared: int) -> int:
     return max(2, declared // 100)
 
 
+def av_error_text(exc: BaseException) -> str:
+    """A PyAV/FFmpeg error in words: without the ``[Errno 541478725]`` FFmpeg code and the ``'<none>'`` file name
+    of in-memory data, and with what the two usual codes mean for a caller who sent bytes that are not video."""
+    if isinstance(exc, av.FFmpegError):
+        text = str(exc.strerror or "").strip() or type(exc).__name__
+        if isinstance(exc, av.EOFError):
+            text = "no video stream found before the data ended (truncated, or not MPEG-TS/MP4 video)"
+        elif isinstance(exc, av.InvalidDataError):
+            text = "invalid data: not a video container FFmpeg recognises"
+        return text
+    return str(exc)
+
+
 def decode_chunk(
     data: bytes,
     *,
@@ -155,7 +169,7 @@ def decode_chunk(
     try:
         source = av.open(io.BytesIO(data), mode="r", format=container)
     except (av.FFmpegError, ValueError, OSError) as exc:
-        raise VideoDecodeError(f"cannot open {container} segment ({len(data)} bytes): {exc}") from exc
+        raise VideoDecodeError(f"cannot open {container} segment ({len(data)} bytes): {av_error_text(exc)}") from exc
     with source:
         if not source.streams.video:
             raise VideoDecodeError(f"{container} segment has no video stream", reason="no_video_stream")
@@ -200,8 +214,8 @@ def decode_chunk(
         except (av.FFmpegError, ValueError, OSError, MemoryError, IndexError) as exc:
             # IndexError: PyAV's demuxer (18.1) fails so when corrupt MPEG-TS announces a new stream mid-segment
             if decoded == 0:
-                raise VideoDecodeError(f"cannot decode {codec} segment: {exc}") from exc
-            error = f"decoding stopped after {decoded} frames: {exc}"
+                raise VideoDecodeError(f"cannot decode {codec} segment: {av_error_text(exc)}") from exc
+            error = f"decoding stopped after {decoded} frames: {av_error_text(exc)}"
         if decoded == corrupt:
             raise VideoDecodeError(f"{codec} segment of {len(data)} bytes holds no decodable frame"
                                    + (f" ({corrupt} corrupt)" if corrupt else ""))

@@ -122,8 +122,13 @@ def decode_message(value: bytes | None, headers: Headers | None, expected: type[
     if ce_type is not None and ce_type != f"l2g.{want}":
         raise SchemaError(f"expected a l2g.{want} message, got ce_type={_clip(repr(ce_type))}", reason="wrong_type")
     try:
-        raw = json.loads(value)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        text = value.decode("utf-8")  # JSON on the wire is UTF-8 (RFC 8259); json.loads would guess UTF-16/32
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{want} message is not JSON: byte 0x{value[exc.start]:02x} at offset {exc.start} is not "
+                          "UTF-8 text", reason="invalid_json") from exc
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         # ValueError also covers integers over sys.get_int_max_str_digits(); RecursionError deep nesting
         raise SchemaError(f"{want} message is not valid JSON: {_clip(str(exc))}", reason="invalid_json") from exc
     if not isinstance(raw, dict):

@@ -30,12 +30,16 @@ def format_result(result: QueryResult, *, expected: tuple[str, int] | None = Non
         mark = "  <- expected" if expected is not None and (m.camera_id, m.frame) == expected else ""
         lines.append(f"{i:>2}  {m.camera_id[:28]:<28} {m.frame:>6}  {format_time(m.timestamp):<27} {m.score:>8.4f}  "
                      + "  ".join(f"{m.stage_scores.get(s, float('nan')):>8.4f}" for s in stages) + mark)
+    c = result.coverage
     if not result.matches:
-        lines.append("(no match)")
-    order = ["queue", "decode_image", "extract", "stage1", "merge_wait", "stage2", "total"]
+        lines.append("(no match: nothing indexed matches the query's cameras and time range)" if c.frames_total == 0
+                     else "(no match)")
+    order = ["queue", "decode_image", "extract", "stage1", "stage2", "total"]
     lat = result.latency_ms
     lines.append("latency ms: " + "  ".join(f"{s}={lat[s]:.1f}" for s in order if s in lat))
-    c = result.coverage
+    if "merge_wait" in lat:
+        lines.append(f"  merge_wait={lat['merge_wait']:.1f}: reading the query to the last partial (includes "
+                     "decode_image, extract and stage1 of the slowest worker)")
     span = f", index spans {format_time(c.indexed_from)} .. {format_time(c.indexed_to)}" \
         if c.indexed_from is not None and c.indexed_to is not None else ""
     lines.append(f"coverage: {c.frames_searched}/{c.frames_total} frames, {c.shards_searched}/{c.shards_total} shards, "

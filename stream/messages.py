@@ -354,7 +354,9 @@ class QueryResult(_Schema):
         matches: best first.
         latency_ms: per stage: ``queue`` (``sent_at`` to the merger reading the query, when known),
             ``decode_image``, ``extract``, ``stage1`` (slowest partial), ``merge_wait`` (reading the query to the
-            last partial needed), ``stage2``, ``total`` (reading the query to publishing the result).
+            last partial needed: it *includes* the slowest worker's ``decode_image``, ``extract`` and ``stage1``,
+            so the stages do not add up), ``stage2``, ``total`` (reading the query to publishing the result). Each
+            is also a ``stage`` of the ``l2g_query_latency_seconds`` histogram.
         coverage: what was searched.
         error: why the query failed (status ``error``).
         answered_at: Unix time the result was produced.

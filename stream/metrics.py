@@ -13,7 +13,8 @@ Counters
     ``l2g_snapshot_failures_total`` (a failed snapshot is retried; its offsets are not committed meanwhile),
     ``l2g_extractor_errors_total{extractor}`` (extractor failures other than rejected input; see ``stream.failures``)
 Histograms
-    ``l2g_query_latency_seconds{stage}`` (stage: queue, decode_image, extract, stage1, stage2, total),
+    ``l2g_query_latency_seconds{stage}`` (stage: queue, decode_image, extract, stage1, merge_wait, stage2,
+    total; ``merge_wait`` includes the slowest worker's decode_image, extract and stage1),
     ``l2g_query_end_to_end_seconds`` (query ``sent_at`` to result published),
     ``l2g_extractor_batch_seconds{extractor}``, ``l2g_extractor_batch_frames{extractor}``,
     ``l2g_decode_chunk_seconds``, ``l2g_snapshot_seconds``

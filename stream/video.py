@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from stream.decode import decode_chunk, fit_size
+from stream.decode import av_error_text, decode_chunk, fit_size
 from stream.envelope import OutboundMessage, encode_message
 from stream.errors import BadInputError, MessageTooLargeError, VideoDecodeError
 from stream.messages import VideoChunk
@@ -261,7 +261,7 @@ def segment_file(path: Path, *, segment_seconds: float = 2.0, transcode: bool | 
                 raise VideoDecodeError(f"{path} has no video stream", reason="no_video_stream")
             codec = probe.streams.video[0].codec_context.name
     except av.FFmpegError as exc:
-        raise VideoDecodeError(f"cannot open {path}: {exc}") from exc
+        raise VideoDecodeError(f"cannot open {path}: {av_error_text(exc)}") from exc
     remux = transcode is False or (transcode is None and codec in ("h264", "hevc") and max_side is None)
     if remux:
         segments = _remux(path, segment_seconds)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.cli import _time_arg, build_parser, format_result, main
+from stream.cli import build_parser, format_result, main
+from stream.cli.args import time_arg as _time_arg
 from stream.messages import Coverage, Match, QueryResult
 
 pytestmark = pytest.mark.timeout(60)
@@ -97,3 +98,106 @@ def test_format_result_table() -> None:
     assert "INCOMPLETE" in text and "2/3 partitions" in text and "stage1=3.0" in text
     err = QueryResult(query_id="q", worker_id="w", status="error", mode="l2g", error="bad_image: nope")
     assert "ERROR bad_image: nope" in format_result(err)
+
+
+def test_version_and_help_show_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("l2g-stream ")
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[attr-defined]
+    query_help = " ".join(sub["query"].format_help().split())
+    assert "(default: query.k, 10)" in query_help and "(default: query.mode, l2g)" in query_help
+    assert "(default: query.default_timeout_s, 5.0)" in query_help
+    assert "(default: 2.0)" in " ".join(sub["publish"].format_help().split())
+    for action in sub["worker"]._actions:
+        assert action.help, f"worker {action.option_strings} has no help"
+
+
+def test_extractors_json_reports_the_sizes_of_an_instance(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["extractors", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in data["extractors"]}
+    assert (rows["xfeat"]["local_dim"], rows["xfeat"]["global_dim"], rows["xfeat"]["status"]) == (64, 64, "ok")
+    assert rows["efficientnet-gem"]["global_dim"] == 1280
+    assert rows["aliked"]["status"].startswith("needs options") and "weights" in rows["aliked"]["status"]
+    assert "max_keypoints" in rows["xfeat"]["options"]
+    presets = {p["name"]: p for p in data["presets"]}
+    assert presets["xfeat-effnet"]["global_dim"] == 1280
+
+
+@pytest.mark.parametrize("env, message", [
+    (("L2G_INDEX__RETRIEVAL", '{"shortlst": 300}'), "index.retrieval: unknown key 'shortlst' (did you mean "
+                                                    "'shortlist'?)"),
+    (("L2G_INDEX__RETRIEVAL", '{"shortlist": -1}'), "invalid index.retrieval"),
+    (("L2G_EXTRACTOR__OPTIONS", '{"max_keypoint": 10}'), "unknown key 'max_keypoint' (did you mean 'max_keypoints'"),
+    (("L2G_EXTRACTOR__OPTIONS", '{"max_keypoints": 0}'), "extractor.options"),
+    (("L2G_EXTRACTOR__NAME", "nope"), "no extractor named 'nope'"),
+    (("L2G_KAFKA__CONSUMER_EXTRA", '{"fetch_max_byte": 1}'), "kafka.consumer_extra: unknown key 'fetch_max_byte'"),
+])
+def test_print_settings_rejects_typos_in_the_free_form_maps(env: tuple[str, str], message: str,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(*env)
+    assert main(["worker", "--print-settings"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_publish_a_folder_goes_on_after_a_bad_file_and_says_what_was_sent(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import stream.cli.publish
+    import stream.client
+    from stream.testing import MemoryBroker, MemorySink
+    from stream.video import SyntheticCamera, encode_segments
+
+    broker = MemoryBroker()
+    monkeypatch.setattr(stream.client, "_sink", lambda settings, client: MemorySink(broker))
+    monkeypatch.setattr(stream.cli.publish, "check_reachable", lambda settings: None)
+    monkeypatch.setenv("L2G_TOPICS__CREATE", "false")
+    (tmp_path / "a-bad.mp4").write_bytes(b"\x00" * 64 + bytes(range(256)) * 8)
+    (tmp_path / "b-good.ts").write_bytes(
+        next(encode_segments(SyntheticCamera(1, 64, 64, world_frames=10).frames(5), 10.0)).data)
+    assert main(["publish", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "FAILED a-bad" in captured.out and "sent before the failure: 0 chunks" in captured.out
+    assert "published b-good: 1 chunks, 5 frames" in captured.out
+    assert "1 of 2 files published, 1 failed" in captured.err and "Errno" not in captured.out
+    assert main(["publish", str(tmp_path), "--json", "--stop-on-error"]) == 2
+    reports = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(reports) == 1 and reports[0]["camera_id"] == "a-bad" and reports[0]["error"]
+
+
+def test_broker_names_the_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert main(["broker", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is already in use" in err and "Errno" not in err
+
+
+def test_format_result_says_when_nothing_indexed_matches_and_what_merge_wait_is() -> None:
+    res = QueryResult(query_id="q", worker_id="w", status="complete", mode="l2g",
+                      latency_ms={"stage1": 3.0, "merge_wait": 9.0, "total": 12.0},
+                      coverage=Coverage(complete=True))
+    text = format_result(res)
+    assert "nothing indexed matches the query's cameras" in text
+    assert "merge_wait=9.0: reading the query to the last partial (includes" in text
+
+
+def test_undecodable_bytes_are_explained_without_ffmpeg_codes() -> None:
+    from stream.decode import decode_chunk
+    from stream.envelope import decode_message
+    from stream.errors import SchemaError, VideoDecodeError
+    from stream.messages import Query
+
+    with pytest.raises(VideoDecodeError) as video:
+        decode_chunk(bytes(range(256)) * 20)
+    assert "Errno" not in str(video.value) and "<none>" not in str(video.value)
+    with pytest.raises(SchemaError) as schema:
+        decode_message(b"\x00{\"kind\": 1}", [], Query)
+    assert "utf-16" not in str(schema.value) and schema.value.reason == "invalid_json"
