@@ -201,3 +201,22 @@ def test_undecodable_bytes_are_explained_without_ffmpeg_codes() -> None:
     with pytest.raises(SchemaError) as schema:
         decode_message(b"\x00{\"kind\": 1}", [], Query)
     assert "utf-16" not in str(schema.value) and schema.value.reason == "invalid_json"
+
+
+def test_the_example_settings_file_and_the_configuration_page_are_current() -> None:
+    import dataclasses
+
+    from l2g_core import RetrievalConfig
+    from plugins import available, extractor_class
+    from stream.settings import Settings
+    from stream.settings_check import check_settings
+
+    root = Path(__file__).resolve().parents[2]
+    check_settings(Settings.load(root / "deploy" / "worker.yaml"))
+    page = (root / "docs" / "configuration.md").read_text()
+    for f in dataclasses.fields(RetrievalConfig):
+        assert f"| `{f.name}` |" in page
+    for name in available():
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
+        for key in extractor_class(name).Options.model_fields:
+            assert f"`{key}`" in row, (name, key)
