@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from typing import Any
@@ -15,6 +16,7 @@ from tests import _harness
 from tests.test_deploy.support import (
     ALERTS_FILE,
     ALERTS_TEST_FILE,
+    DEPLOY,
     PROMETHEUS_CONFIG,
     TARGET_LABELS,
     exported_series_names,
@@ -56,6 +58,45 @@ def test_rules_shape(rules: list[dict[str, Any]]) -> None:
         assert rule["expr"].strip()
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+
+
+RUNBOOK = DEPLOY / "RUNBOOK.md"
+WORKER_JOB = "l2g-worker"
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of the headings: lower case, punctuation dropped, spaces to dashes."""
+    out = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return out
+
+
+def test_every_alert_has_a_runbook_section(rules: list[dict[str, Any]]) -> None:
+    anchors = _anchors(RUNBOOK.read_text(encoding="utf-8"))
+    for rule in rules:
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "deploy/RUNBOOK.md", f"{rule['alert']}: runbook_url {url!r} must point into deploy/RUNBOOK.md"
+        assert anchor == rule["alert"].lower() and anchor in anchors, f"{rule['alert']}: no section {anchor!r}"
+
+
+def test_alerts_select_the_worker_job(config: dict[str, Any], rules: list[dict[str, Any]]) -> None:
+    """The compose scrape job, the chart's ServiceMonitor job label (test_helm) and the alerts agree."""
+    assert WORKER_JOB in [job["job_name"] for job in config["scrape_configs"]]
+    jobs = set()
+    for rule in rules:
+        jobs.update(re.findall(r'job\s*=~?\s*"([^"]*)"', rule["expr"]))
+    assert jobs == {WORKER_JOB}
+
+
+def test_no_alert_on_event_time_freshness(rules: list[dict[str, Any]]) -> None:
+    """Historical footage has old event times: no alert may compare the indexed event times with the clock."""
+    for rule in rules:
+        names = promql_metric_names(rule["expr"])
+        assert not names & {"l2g_index_newest_timestamp_seconds", "l2g_ingest_freshness_seconds"}, rule["alert"]
 
 
 def test_alert_metrics_are_exported(rules: list[dict[str, Any]]) -> None:
