@@ -287,6 +287,8 @@ def render_chart(renderer: Path, overrides: Mapping[str, Any] | None = None,
         "values": deep_merge(chart_values(), overrides or {}),
         "chart": {"Name": chart["name"], "Version": chart["version"], "AppVersion": chart["appVersion"]},
         "release": {"Name": release, "Namespace": "default", "Service": "Helm"},
+        "files": {p.relative_to(CHART_DIR).as_posix(): p.read_text(encoding="utf-8")
+                  for p in sorted((CHART_DIR / "files").rglob("*")) if p.is_file()},
     }
     proc = subprocess.run([str(renderer)], input=json.dumps(payload), capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:

@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
+from stream.settings import IngestSettings
 from tests import _harness
 from tests.test_deploy.support import (
+    ALERTS_FILE,
     CHART_DIR,
+    DASHBOARD_FILE,
     RenderError,
     build_renderer,
     by_kind,
@@ -58,7 +61,7 @@ def _worker(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def _configmap(docs: list[dict[str, Any]]) -> dict[str, str]:
-    (configmap,) = by_kind(docs, "ConfigMap")
+    (configmap,) = [d for d in by_kind(docs, "ConfigMap") if not d["metadata"]["name"].endswith("-dashboard")]
     data = configmap["data"]
     assert all(isinstance(v, str) for v in data.values()), "ConfigMap values must be strings"
     return dict(data)
@@ -92,7 +95,7 @@ def test_chart_metadata() -> None:
 def test_default_render(renderer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     docs = render(renderer)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "Deployment", "Job", "PersistentVolumeClaim", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "Job", "PersistentVolumeClaim", "PodDisruptionBudget", "Service"]
     deployment, container = _worker(docs)
     assert deployment["spec"]["replicas"] == chart_values()["replicaCount"]
     data = _configmap(docs)
@@ -239,3 +242,68 @@ def test_json_valued_settings(renderer: Path, monkeypatch: pytest.MonkeyPatch) -
     assert settings.index.retrieval == {"shortlist": 300}
     assert [str(p) for p in settings.storage.allowed_ref_roots] == ["/data/blobs"]
     assert settings.kafka.consumer_extra == {"fetch_max_bytes": 10485760}
+
+
+# --- monitoring, disruption budget, autoscaling vs load shedding --------------------------------------------
+
+
+def test_chart_files_match_sources() -> None:
+    """The chart can only read files inside itself: its copies must equal the sources."""
+    for source, copy in ((ALERTS_FILE, "alerts.yml"), (DASHBOARD_FILE, "l2g-dashboard.json")):
+        assert (CHART_DIR / "files" / copy).read_text(encoding="utf-8") == source.read_text(encoding="utf-8"), (
+            f"deploy/helm/l2g-stream/files/{copy} is stale: cp {source.relative_to(CHART_DIR.parents[2])} "
+            f"deploy/helm/l2g-stream/files/{copy}")
+
+
+def test_monitoring_resources(renderer: Path) -> None:
+    base = "https://git.example.com/l2g/blob/main/deploy/RUNBOOK.md"
+    docs = render(renderer, {"serviceMonitor": {"enabled": True},
+                             "prometheusRule": {"enabled": True, "labels": {"release": "kps"}, "runbookBaseUrl": base},
+                             "grafanaDashboard": {"enabled": True, "folder": "l2g"}})
+    (rule,) = by_kind(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    alerts = yaml.safe_load(ALERTS_FILE.read_text(encoding="utf-8"))
+    assert [g["name"] for g in rule["spec"]["groups"]] == [g["name"] for g in alerts["groups"]]
+    rendered = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    for source in (r for g in alerts["groups"] for r in g["rules"]):
+        got = rendered[source["alert"]]
+        assert got["expr"] == source["expr"] and got["labels"] == source["labels"]
+        assert got["annotations"]["summary"] == source["annotations"]["summary"], "alert templates must survive"
+        assert got["annotations"]["runbook_url"] == f"{base}#{source['alert'].lower()}"
+    # The alerts select job="l2g-worker": the ServiceMonitor must produce that job.
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    (service,) = by_kind(docs, "Service")
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "l2g-worker"
+    assert 'job="l2g-worker"' in rendered["L2GWorkerDown"]["expr"]
+    (dashboard,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"]["grafana_folder"] == "l2g"
+    assert json.loads(dashboard["data"]["l2g-stream.json"]) == json.loads(DASHBOARD_FILE.read_text(encoding="utf-8"))
+    kinds = {d["kind"] for d in render(renderer)}
+    assert not kinds & {"PrometheusRule", "ServiceMonitor"} and len(by_kind(render(renderer), "ConfigMap")) == 1
+
+
+def test_pod_disruption_budget(renderer: Path) -> None:
+    docs = render(renderer)
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    deployment, _ = _worker(docs)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert not by_kind(render(renderer, {"podDisruptionBudget": {"enabled": False}}), "PodDisruptionBudget")
+
+
+def test_keda_scales_before_workers_shed_load(renderer: Path) -> None:
+    """KEDA's per-replica lag target must be below the lag at which a worker halves its sampling rate, or
+    shedding keeps the lag under the trigger and the system samples less instead of adding workers."""
+    lag_high = IngestSettings().lag_high_messages
+    assert int(chart_values()["keda"]["lagThreshold"]) < lag_high
+    assert int(chart_values()["keda"]["activationLagThreshold"]) <= int(chart_values()["keda"]["lagThreshold"])
+    render(renderer, {"keda": {"enabled": True, "lagThreshold": str(lag_high - 1)}})
+    with pytest.raises(RenderError, match="LAG_HIGH_MESSAGES"):  # the chart's default is the service's
+        render_chart(renderer, {"keda": {"enabled": True, "lagThreshold": str(lag_high)}})
+    raised = {"env": {"L2G_INGEST__LAG_HIGH_MESSAGES": "400"}}
+    render(renderer, {**raised, "keda": {"enabled": True, "lagThreshold": "200"}})
+    with pytest.raises(RenderError, match="LAG_HIGH_MESSAGES"):
+        render_chart(renderer, {**raised, "keda": {"enabled": True, "lagThreshold": "400"}})
+    render(renderer, {"keda": {"enabled": False, "lagThreshold": "1000"}})  # no ScaledObject, nothing to agree

@@ -4,7 +4,8 @@
 // behave as in `helm template`.
 //
 // Input (stdin, JSON): {"templates": {"<chart>/templates/<file>": "<source>"}, "values": {...},
-// "chart": {"Name", "Version", "AppVersion"}, "release": {"Name", "Namespace"}}.
+// "chart": {"Name", "Version", "AppVersion"}, "release": {"Name", "Namespace"}, "files": {"files/<name>": "<text>"}}
+// (`.Files.Get` reads "files").
 // Output (stdout, JSON): {"<chart>/templates/<file>": "<rendered text>"} for every file not starting with
 // "_". Errors (template syntax, `fail`, `required`) go to stderr with exit status 1.
 package main
@@ -31,7 +32,14 @@ type input struct {
 	Values    map[string]interface{} `json:"values"`
 	Chart     map[string]interface{} `json:"chart"`
 	Release   map[string]interface{} `json:"release"`
+	Files     map[string]string      `json:"files"`
 }
+
+// chartFiles is `.Files`: the chart's non-template files by path relative to the chart root.
+type chartFiles map[string]string
+
+// Get returns a file's content, or "" when the chart has no such file (as Helm does).
+func (f chartFiles) Get(name string) string { return f[name] }
 
 func strval(v interface{}) string {
 	switch t := v.(type) {
@@ -289,6 +297,7 @@ func run() error {
 				"BasePath": path.Dir(name),
 			},
 			"Capabilities": map[string]interface{}{},
+			"Files":        chartFiles(in.Files),
 		}
 		var buf bytes.Buffer
 		if err := root.ExecuteTemplate(&buf, name, data); err != nil {

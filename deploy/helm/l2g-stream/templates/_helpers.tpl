@@ -45,6 +45,12 @@ app.kubernetes.io/part-of: l2g-stream
 {{- min (int .Values.keda.maxReplicaCount) (int .Values.kafkaTopics.partitions.video) }}
 {{- end }}
 
+{{/* The ingest lag (messages per worker) above which workers shed load; the service default when unset
+(IngestSettings.lag_high_messages, kept equal by a test). */}}
+{{- define "l2g-stream.lagHighMessages" -}}
+{{- .Values.env.L2G_INGEST__LAG_HIGH_MESSAGES | default "50" }}
+{{- end }}
+
 {{/* Checks that fail the render early with a readable message. */}}
 {{- define "l2g-stream.validate" -}}
 {{- $protocol := .Values.env.L2G_KAFKA__SECURITY_PROTOCOL | default "PLAINTEXT" }}
@@ -56,6 +62,9 @@ app.kubernetes.io/part-of: l2g-stream
 {{- end }}
 {{- if and .Values.kafkaAuth.enabled (not .Values.env.L2G_KAFKA__SASL_MECHANISM) }}
 {{- fail "kafkaAuth.enabled needs env.L2G_KAFKA__SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)" }}
+{{- end }}
+{{- if and .Values.keda.enabled (ge (int .Values.keda.lagThreshold) (int (include "l2g-stream.lagHighMessages" .))) }}
+{{- fail "keda.lagThreshold must be below env.L2G_INGEST__LAG_HIGH_MESSAGES: KEDA has to add workers before they shed load (see deploy/README.md, Autoscaling and load shedding)" }}
 {{- end }}
 {{- if and (not .Values.keda.enabled) (gt (int .Values.replicaCount) (int .Values.kafkaTopics.partitions.video)) }}
 {{- fail "replicaCount exceeds kafkaTopics.partitions.video: the extra workers would get no partition" }}
