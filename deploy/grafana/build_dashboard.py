@@ -120,6 +120,15 @@ def rows() -> list[Row]:
               "each partition, as reported by the worker that owns it.",
               (Target(f"max by (topic, partition) (l2g_consumer_lag_messages{{{INSTANCE}}})",
                       "{{topic}}/{{partition}}"),), unit="short", minimum=0),
+        Panel("Consumer lag, broker side", "Messages behind per consumer group and topic, read from the broker by "
+              "kafka-exporter (compose): unlike the workers' own gauge it survives the workers.",
+              (Target("sum by (consumergroup, topic) (kafka_consumergroup_lag_sum)", "{{consumergroup}} {{topic}}"),),
+              unit="short", minimum=0, no_value="No kafka-exporter"),
+        Panel("Lag in seconds, broker side", "Broker-side lag divided by the topic's produce rate: how many "
+              "seconds of incoming video (or queries) each group is behind.",
+              (Target(f"sum by (consumergroup, topic) (kafka_consumergroup_lag_sum) / on (topic) group_left "
+                      f"sum by (topic) (rate(kafka_topic_partition_current_offset[{RATE}]))",
+                      "{{consumergroup}} {{topic}}"),), unit="s", minimum=0, no_value="No kafka-exporter"),
         Panel("Chunk decode time", "Time to decode one video chunk (PyAV), p50 and p99 over all workers.",
               (Target(quantile(0.5, "l2g_decode_chunk_seconds", ""), "p50"),
                Target(quantile(0.99, "l2g_decode_chunk_seconds", ""), "p99")), unit="s", width=24),

@@ -36,7 +36,7 @@ RENDERER_DIR = Path(__file__).resolve().parent / "helm_render"
 
 # Series that are not the service's own but may legitimately appear in alerts and panels.
 PROMETHEUS_BUILTIN = frozenset({"up"})
-EXTERNAL_PREFIXES = ("DCGM_FI_",)  # NVIDIA DCGM exporter (GPU row)
+EXTERNAL_PREFIXES = ("DCGM_FI_", "kafka_")  # NVIDIA DCGM exporter (GPU row), kafka-exporter (broker-side lag)
 # Labels every scraped series carries (target labels) or that histograms add.
 TARGET_LABELS = frozenset({"instance", "job", "le"})
 

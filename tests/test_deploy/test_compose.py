@@ -204,3 +204,43 @@ def test_grafana_datasource_points_at_prometheus(services: dict[str, Any]) -> No
     url = sources["datasources"][0]["url"]
     assert url == "http://prometheus:9090"
     assert "9090:9090" in services["prometheus"]["ports"]
+
+
+@pytest.mark.slow
+def test_sample_publisher_feeds_the_stack(services: dict[str, Any], worker_env: dict[str, str],
+                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """`up` shows a live dashboard: a publisher writes synthetic cameras and publishes them, over and over."""
+    import shlex
+    import subprocess
+    import sys
+
+    from stream.video import segment_file
+
+    publisher = services["sample-publisher"]
+    assert publisher["image"] == services["worker"]["image"]
+    assert publisher["depends_on"]["topic-init"]["condition"] == "service_completed_successfully"
+    env = {k: _substitute(v) for k, v in _env(publisher).items()}
+    l2g = {k: v for k, v in env.items() if k.startswith("L2G_")}
+    assert l2g == worker_env, "the publisher must reach the same broker and topics as the workers"
+    settings_from_env(l2g, monkeypatch)
+    script = publisher["command"][0]
+    assert "l2g-stream publish /tmp/samples --realtime" in script and "while true" in script
+    code = shlex.split(script.split("python -c ", 1)[1].split("\nwhile", 1)[0])[0]
+    code = code.replace("/tmp/samples", str(tmp_path))
+    run_env = {"SAMPLE_CAMERAS": "2", "SAMPLE_SECONDS": "2", "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code], env=run_env, check=True, timeout=120, cwd=COMPOSE_FILE.parents[2])
+    files = sorted(tmp_path.glob("*.ts"))
+    assert [f.name for f in files] == ["sample-1.ts", "sample-2.ts"]
+    segments = list(segment_file(files[0], segment_seconds=2.0))
+    assert sum(s.frame_count for s in segments) == 20
+
+
+def test_kafka_exporter_is_scraped(services: dict[str, Any]) -> None:
+    """Broker-side lag for the dashboard: survives the workers."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    exporter = services["kafka-exporter"]
+    assert "--kafka.server=kafka:9092" in exporter["command"]
+    assert exporter["depends_on"]["kafka"]["condition"] == "service_healthy"
+    (sd,) = jobs["kafka-exporter"]["dns_sd_configs"]
+    assert sd["names"] == ["kafka-exporter"] and str(sd["port"]) in [str(p) for p in exporter["expose"]]
