@@ -16,7 +16,11 @@ import torch
 
 from l2g_core.types import FloatArray
 
-__all__ = ["aggregate_neighbors", "exact_chamfer", "kernel", "pairwise_chamfer"]
+__all__ = ["DENSE_LIMIT", "aggregate_neighbors", "exact_chamfer", "kernel", "pairwise_chamfer"]
+
+DENSE_LIMIT = 1 << 21
+"""Largest ``Q * num_frames`` that :func:`aggregate_neighbors` scores in a dense ``(Q, num_frames)`` buffer
+(16 MiB of float64); larger problems take the sort-based path."""
 
 
 def kernel(sims: np.ndarray, tau: float, alpha: float) -> np.ndarray:
@@ -49,14 +53,19 @@ def aggregate_neighbors(
         return np.zeros(num_frames, np.float32)
     rows = np.repeat(np.arange(q, dtype=np.int64), k)
     flat_frames = frames.reshape(-1)
-    flat_sims = sims.reshape(-1)
     valid = flat_frames >= 0
     keys = rows[valid] * num_frames + flat_frames[valid]
+    contrib = kernel(sims.reshape(-1)[valid], tau, alpha).astype(np.float64)  # (float64 keeps ufunc.at fast)
+    if q * num_frames <= DENSE_LIMIT:
+        # best match of each (query feature, frame) = max over its entries (the kernel is non-decreasing), summed
+        # over query features in row order, in float64 as bincount does: the same value as the sparse path
+        best = np.zeros(q * num_frames, np.float64)
+        np.maximum.at(best, keys, contrib)
+        dense: FloatArray = best.reshape(q, num_frames).sum(axis=0).astype(np.float32)
+        return dense
     # rows are sorted by similarity, so the first occurrence of (query feature, frame) is its best match
     _, first = np.unique(keys, return_index=True)
-    best_frames = flat_frames[valid][first]
-    contrib = kernel(flat_sims[valid][first], tau, alpha)
-    return np.bincount(best_frames, weights=contrib, minlength=num_frames).astype(np.float32)
+    return np.bincount(flat_frames[valid][first], weights=contrib[first], minlength=num_frames).astype(np.float32)
 
 
 def exact_chamfer(query: FloatArray, frames: list[FloatArray], *, tau: float = 0.0, alpha: float = 1.0) -> FloatArray:

@@ -12,7 +12,7 @@ from l2g_core.candidates import Candidates, Coverage
 from l2g_core.chamfer import aggregate_neighbors
 from l2g_core.config import RetrievalConfig
 from l2g_core.index.rolling import RollingIndex
-from l2g_core.index.shard import Shard
+from l2g_core.index.shard import CoarseAssignment, Shard
 from l2g_core.plan import SearchPlan, Stage
 from l2g_core.prepared import PreparedQuery
 from l2g_core.types import FloatArray
@@ -29,6 +29,15 @@ def _in_time(shard: Shard, time_range: tuple[float, float] | None) -> np.ndarray
     return (ts >= time_range[0]) & (ts <= time_range[1])
 
 
+def _top(scores: FloatArray, limit: int) -> np.ndarray:
+    """Positions of the best ``limit`` of ``scores`` ``(n,)`` float32, plus every score tied with the last one
+    (so that :meth:`Candidates.merge` breaks ties by frame key, whatever the order of the shards)."""
+    if scores.size <= limit:
+        return np.arange(scores.size)
+    cut = scores[np.argpartition(-scores, limit - 1)[limit - 1]]
+    return np.flatnonzero(scores >= cut)
+
+
 def _collect(
     index: RollingIndex,
     scorer: ShardScorer,
@@ -38,14 +47,16 @@ def _collect(
     time_range: tuple[float, float] | None,
     deadline: float | None,
 ) -> Candidates:
-    """Score the frames of every selected shard (newest first) and keep the best ``limit``."""
+    """Score the frames of every selected shard (newest first) and keep the best ``limit`` over all of them."""
     with index.locked():
         shards = index.select(cameras, time_range)
         total_frames = sum(len(s) for s in shards)
-        parts: list[tuple[Shard, np.ndarray, FloatArray]] = []
         searched = 0
         frames_searched = 0
         notes: list[str] = []
+        owners: list[np.ndarray] = []  # per searched shard: (n_i,) int64 shard position, repeated
+        frames: list[np.ndarray] = []  # (n_i,) int64 frame numbers within the shard
+        scored: list[FloatArray] = []  # (n_i,) float32 scores
         for shard in shards:
             if deadline is not None and time.monotonic() > deadline and searched:
                 notes.append(f"deadline: {searched} of {len(shards)} shards searched")
@@ -54,8 +65,10 @@ def _collect(
             mask = _in_time(shard, time_range)
             idx = np.flatnonzero(mask & (scores > 0)) if stage == "local" else np.flatnonzero(mask)
             if idx.size > limit:
-                idx = idx[np.argpartition(-scores[idx], limit - 1)[:limit]]
-            parts.append((shard, idx, scores[idx].astype(np.float32)))
+                idx = idx[_top(scores[idx], limit)]
+            owners.append(np.full(idx.size, searched, np.int64))
+            frames.append(idx)
+            scored.append(scores[idx].astype(np.float32))
             searched += 1
             frames_searched += len(shard)
         stamps = [(float(s.timestamps.min()), float(s.timestamps.max())) for s in index.shards() if len(s)]
@@ -65,18 +78,21 @@ def _collect(
             indexed_from=min(a for a, _ in stamps) if stamps else None,
             indexed_to=max(b for _, b in stamps) if stamps else None, notes=tuple(notes),
         )
-        per_shard = [
-            Candidates(
-                keys=[shard.keys[i] for i in idx],
-                scores=sc,
-                stage=stage,
-                global_descriptors=shard.globals[idx],
-                descriptors=[shard.rerank_descriptors[i] for i in idx],
-                keypoints=[shard.rerank_keypoints[i] for i in idx],
-            )
-            for shard, idx, sc in parts
-        ]
-    merged = Candidates.merge(per_shard, limit, index.config.global_dim, stage)
+        all_scores = np.concatenate(scored) if scored else np.zeros(0, np.float32)
+        best = _top(all_scores, limit)
+        owner = np.concatenate(owners)[best] if owners else best
+        frame = np.concatenate(frames)[best] if frames else best
+        picked = [(shards[o], f) for o, f in zip(owner.tolist(), frame.tolist(), strict=True)]
+        part = Candidates(
+            keys=[shard.keys[f] for shard, f in picked],
+            scores=all_scores[best],
+            stage=stage,
+            global_descriptors=np.stack([shard.globals[f] for shard, f in picked]) if picked
+            else np.zeros((0, index.config.global_dim), np.float32),
+            descriptors=[shard.rerank_descriptors[f] for shard, f in picked],
+            keypoints=[shard.rerank_keypoints[f] for shard, f in picked],
+        )
+    merged = Candidates.merge([part], limit, index.config.global_dim, stage)
     return replace(merged, coverage=coverage)
 
 
@@ -92,6 +108,10 @@ def local_candidates(
 ) -> Candidates:
     """Stage 1: frames ranked by kernel Chamfer similarity to the query's local descriptors.
 
+    Compressed shards that share a coarse quantizer (every shard of one trained template) probe the same lists:
+    the query descriptors are assigned to their lists once, and each such shard scans its own lists
+    (:meth:`Shard.search_preassigned`, the same neighbours as a per-shard search).
+
     Args:
         index: the rolling index.
         query: ``(Q, D)`` float32 unit query descriptors.
@@ -104,9 +124,17 @@ def local_candidates(
         Candidates with ``stage="local"`` and scores in ``[0, 1]``.
     """
     nq = max(query.shape[0], 1)
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    assignments: dict[str, CoarseAssignment] = {}
 
     def score(shard: Shard) -> FloatArray:
-        sims, frames = shard.search(query, config.neighbors)
+        key = shard.coarse_key
+        if key is None:
+            sims, frames = shard.search(query, config.neighbors)
+        else:
+            if key not in assignments:
+                assignments[key] = shard.assign(query)
+            sims, frames = shard.search_preassigned(query, config.neighbors, assignments[key])
         sums = aggregate_neighbors(sims, frames, len(shard), tau=config.kernel_tau, alpha=config.kernel_alpha)
         out: FloatArray = (sums / nq).astype(np.float32)
         return out

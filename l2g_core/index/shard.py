@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
@@ -13,7 +14,7 @@ from l2g_core.config import IndexConfig
 from l2g_core.index import backend
 from l2g_core.types import FloatArray, FrameFeatures, FrameKey
 
-__all__ = ["Shard", "ShardId", "new_shard"]
+__all__ = ["CoarseAssignment", "Shard", "ShardId", "new_shard"]
 
 
 @dataclass(frozen=True, order=True)
@@ -22,6 +23,18 @@ class ShardId:
 
     camera_id: str
     bucket: int
+
+
+class CoarseAssignment(NamedTuple):
+    """The inverted lists a batch of query descriptors probes in a compressed shard.
+
+    Attributes:
+        lists: ``(Q, nprobe)`` int64 list numbers (``-1`` where fewer lists exist).
+        sims: ``(Q, nprobe)`` float32 inner products of the queries with those lists' centroids.
+    """
+
+    lists: np.ndarray
+    sims: FloatArray
 
 
 class Shard:
@@ -50,6 +63,8 @@ class Shard:
         self._cache_timestamps: np.ndarray | None = None
         self.num_features = 0
         self.version = 0
+        self._coarse_of: faiss.Index | None = None  # the index ``_coarse_key`` was computed for
+        self._coarse_key: str | None = None
 
     @property
     def kind(self) -> str:
@@ -124,6 +139,61 @@ class Shard:
         if kk == 0:
             return np.zeros((queries.shape[0], 0), np.float32), np.zeros((queries.shape[0], 0), np.int64)
         sims, ids = self.index.search(queries, kk)
+        frames = np.where(ids >= 0, self.feature_frame[np.maximum(ids, 0)], -1)
+        return sims, frames
+
+    @property
+    def coarse_key(self) -> str | None:
+        """Identity of the coarse quantizer (its centroids) and ``nprobe`` of a compressed CPU shard, else ``None``.
+
+        Shards with the same key probe the same lists for the same query, so one :meth:`assign` serves them all
+        (every shard compressed into one template has the template's key).
+        """
+        if self._coarse_of is not self.index:
+            self._coarse_of, self._coarse_key = self.index, None
+            if isinstance(self.index, faiss.IndexIVF):
+                ivf: Any = self.index
+                quantizer: Any = faiss.downcast_index(ivf.quantizer)
+                if isinstance(quantizer, faiss.IndexFlat):
+                    centroids = faiss.rev_swig_ptr(quantizer.get_xb(), quantizer.ntotal * quantizer.d)
+                    digest = hashlib.blake2b(np.ascontiguousarray(centroids).tobytes(), digest_size=16)
+                    digest.update(f"{type(quantizer).__name__}/{quantizer.metric_type}".encode())
+                    self._coarse_key = digest.hexdigest()
+        if self._coarse_key is None:
+            return None
+        ivf_now: Any = self.index
+        nprobe: int = ivf_now.nprobe  # read live: it may be tuned after compression
+        return f"{self._coarse_key}/{nprobe}"
+
+    def assign(self, queries: FloatArray) -> CoarseAssignment:
+        """The lists of this shard's coarse quantizer that ``queries`` ``(Q, D)`` float32 probe (``nprobe`` each).
+
+        Raises:
+            TypeError: the shard is not compressed.
+        """
+        if self.coarse_key is None:
+            raise TypeError("only a compressed shard has a coarse quantizer")
+        ivf: Any = self.index
+        sims, lists = ivf.quantizer.search(queries, ivf.nprobe)
+        return CoarseAssignment(lists, sims)
+
+    def search_preassigned(self, queries: FloatArray, k: int, assignment: CoarseAssignment
+                           ) -> tuple[FloatArray, np.ndarray]:
+        """:meth:`search` of a compressed shard with the queries' lists already assigned (identical results).
+
+        Args:
+            queries: ``(Q, D)`` float32 unit vectors.
+            k: neighbours per query (clipped to the shard size).
+            assignment: :meth:`assign` of ``queries`` by this shard or one with the same :attr:`coarse_key`.
+
+        Returns:
+            As :meth:`search`.
+        """
+        kk = min(k, self.num_features)
+        if kk == 0:
+            return np.zeros((queries.shape[0], 0), np.float32), np.zeros((queries.shape[0], 0), np.int64)
+        ivf: Any = self.index
+        sims, ids = ivf.search_preassigned(queries, kk, assignment.lists, assignment.sims)
         frames = np.where(ids >= 0, self.feature_frame[np.maximum(ids, 0)], -1)
         return sims, frames
 
