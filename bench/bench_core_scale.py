@@ -50,6 +50,8 @@ def bench_index(num_frames: int, num_queries: int, features: int, kind: str, see
         emit({
             "bench": "core_scale", "frames": num_frames, "features_per_frame": features, "mode": mode,
             "index_kind": stats.kind, "index_features": stats.features, "index_mb": round(stats.nbytes / 2**20, 1),
+            "index_bytes_per_frame": round(stats.nbytes / max(stats.frames, 1)), "shards": stats.shards,
+            "codec": type(index.template).__name__ if index.template is not None else "IndexFlatIP",
             "build_s": round(build_s, 1), "queries": len(queries), "shortlist": cfg.shortlist,
             "rerank_k": cfg.rerank_k,
             **{f"stage1_{k}": v for k, v in percentiles(stage1, (50, 95)).items()},

@@ -46,7 +46,10 @@ class IndexConfig:
         index_kind: ``flat`` (exact inner product), ``ivfpq`` (compressed), or ``auto`` (flat until
             ``compress_after`` features, then every shard is converted to IVF-PQ).
         compress_after: number of indexed features at which ``auto`` switches to IVF-PQ.
-        ivf_lists: IVF coarse centroids; ``pq_bytes``: PQ code size per feature; ``nprobe``: lists probed.
+        ivf_lists: IVF coarse centroids; ``pq_bytes``: PQ code size per feature (4-bit fast-scan codes with
+            ``2 * pq_bytes`` sub-quantizers when ``local_dim`` allows, see ``index.backend.train_ivfpq``; 32 bytes
+            keep stage 1 within 1 mAP point of exact search, 16 lost 4 points on the video set, docs/scaling.md);
+            ``nprobe``: lists probed.
         train_size: vectors sampled to train IVF-PQ.
         device: FAISS device; ``auto`` uses a GPU when faiss was built with one and a GPU is present.
     """
@@ -60,7 +63,7 @@ class IndexConfig:
     index_kind: IndexKind = "auto"
     compress_after: int = 1_000_000
     ivf_lists: int = 1024
-    pq_bytes: int = 16
+    pq_bytes: int = 32
     nprobe: int = 16
     train_size: int = 131_072
     device: Device = "auto"

@@ -99,14 +99,24 @@ def new_flat(dim: int) -> faiss.Index:
 def train_ivfpq(sample: np.ndarray, config: IndexConfig) -> faiss.Index:
     """Train an empty IVF-PQ inner-product index on ``sample`` ``(n, D)`` float32 unit vectors.
 
-    The number of lists is reduced when the sample is small (FAISS wants ~39 points per centroid).
+    Codes take ``config.pq_bytes`` bytes per vector. When ``D`` splits into ``2 * pq_bytes`` sub-vectors the codec
+    is PQ fast-scan (``IndexIVFPQFastScan``: ``2 * pq_bytes`` sub-quantizers of 4 bits, scanned with SIMD
+    lookups, ~3x faster than 8-bit PQ at the same size and ~9x faster to train); otherwise ``IndexIVFPQ`` with
+    ``pq_bytes`` 8-bit sub-quantizers. The number of lists is reduced when the sample is small (FAISS wants ~39
+    points per centroid).
     """
+    d = config.local_dim
     nlist = int(max(1, min(config.ivf_lists, sample.shape[0] // 39)))
-    quantizer = faiss.IndexFlatIP(config.local_dim)
-    index = faiss.IndexIVFPQ(quantizer, config.local_dim, nlist, config.pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
+    quantizer = faiss.IndexFlatIP(d)
+    index: Any
+    if d % (2 * config.pq_bytes) == 0:
+        index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, 2 * config.pq_bytes, 4, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, config.pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     index.nprobe = min(config.nprobe, nlist)
-    return index
+    trained: faiss.Index = index
+    return trained
 
 
 def serialize(index: faiss.Index) -> np.ndarray:

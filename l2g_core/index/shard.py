@@ -288,9 +288,19 @@ class Shard:
         if self.kind == "flat":
             index_bytes = self.num_features * self.config.local_dim * 4
         else:
-            index_bytes = self.num_features * (self.config.pq_bytes + 8)
+            index_bytes = self._code_bytes() + self.num_features * 8  # codes, and an int64 id per feature
         per_frame = sum(d.nbytes for d in self.rerank_descriptors) + sum(k.nbytes for k in self.rerank_keypoints)
         return index_bytes + self.num_features * 8 + per_frame + len(self.keys) * (self.config.global_dim * 4 + 64)
+
+
+    def _code_bytes(self) -> int:
+        """Bytes of a compressed index's codes; fast-scan pads each list to whole blocks of ``bbs`` codes, about
+        half a block per non-empty list (estimated, so that :meth:`nbytes` stays cheap)."""
+        ivf: Any = self.index
+        if isinstance(ivf, faiss.IndexIVFFastScan):
+            padded = self.num_features + min(int(ivf.nlist), self.num_features) * (int(ivf.bbs) - 1) / 2
+            return int(padded * int(ivf.M2) // 2)
+        return self.num_features * int(ivf.code_size)
 
 
 def new_shard(shard_id: ShardId, config: IndexConfig, template: faiss.Index | None) -> Shard:
