@@ -16,6 +16,9 @@ tansu broker on loopback, with real H.264 MPEG-TS chunks of synthetic cameras an
   eviction has begun), in the middle and at the end, with a least-squares slope over the steady state (MB/min),
   next to the index size and the snapshot directory size.
 
+* ``restart``: the broker restarts empty while a worker ingests and answers queries (:mod:`bench.bench_restart`):
+  frames lost, queries unanswered, time to recover, readiness during the outage.
+
 Run: ``python -m bench.bench_reliability [--parts load memory] [--seconds 60] [--memory-seconds 120]``; JSON lines on
 stdout (one per part), progress on stderr. Every loop is bounded by its duration.
 """
@@ -371,7 +374,8 @@ def run_memory(args: argparse.Namespace, broker: EmbeddedBroker, tmp: Path) -> d
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", nargs="+", choices=["load", "burst", "memory"], default=["load", "burst", "memory"])
+    parser.add_argument("--parts", nargs="+", choices=["load", "burst", "memory", "restart"],
+                        default=["load", "burst", "memory", "restart"])
     parser.add_argument("--extractor", default="toy")
     parser.add_argument("--mode", choices=MODES, default=None)
     parser.add_argument("--burst", type=int, default=50, help="burst: queries published at once")
@@ -387,6 +391,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-seconds", type=float, default=120.0)
     parser.add_argument("--retention", type=float, default=60.0, help="memory: retention (event seconds)")
     parser.add_argument("--memory-speed", type=float, default=4.0, help="memory: event seconds per wall second")
+    parser.add_argument("--restart-warmup", type=float, default=10.0, help="restart: seconds before the outage")
+    parser.add_argument("--restart-outage", type=float, default=3.0, help="restart: seconds the broker is down")
+    parser.add_argument("--restart-after", type=float, default=30.0, help="restart: seconds after the outage")
+    parser.add_argument("--restart-qps", type=float, default=2.0, help="restart: queries per second")
+    parser.add_argument("--restart-replay", type=float, default=30.0,
+                        help="restart: seconds of delivered chunks the gateway replays after a failure")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-reliability-"))
     broker = EmbeddedBroker(log_path=tmp / "tansu.log").start()
@@ -398,6 +408,10 @@ def main(argv: list[str] | None = None) -> None:
             emit(run_burst(args, broker, tmp))
         if "memory" in args.parts:
             emit(run_memory(args, broker, tmp))
+        if "restart" in args.parts:  # its own broker: the restart must not touch the other parts
+            from bench.bench_restart import run_restart
+
+            emit(run_restart(args, tmp))
     finally:
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
     from l2g_core import FrameFeatures
 
-__all__ = ["FeatureExtractor", "Loop", "MessageSink", "MessageSource", "Partition", "RebalanceCallback", "Record"]
+__all__ = ["DeliveryStatus", "FeatureExtractor", "Loop", "MessageSink", "MessageSource", "Partition",
+           "RebalanceCallback", "Record", "TopicAdmin"]
 
 
 @dataclass(frozen=True, order=True)
@@ -160,6 +161,49 @@ class MessageSink(Protocol):
 
     def close(self) -> None:
         """Flush and release the connection."""
+        ...
+
+
+@runtime_checkable
+class DeliveryStatus(Protocol):
+    """A sink that can tell whether it delivers (readiness ``producer``); sinks without it always deliver."""
+
+    def delivery_problem(self) -> str | None:
+        """Why messages cannot be delivered now (the last flush failed); None while they can."""
+        ...
+
+    def recover(self) -> bool:
+        """Try to deliver again without sending anything (e.g. replace a failed client); True when it can."""
+        ...
+
+
+@runtime_checkable
+class TopicAdmin(Protocol):
+    """Inspects and creates topics: the only client that creates any (consumers and producers never do)."""
+
+    def partitions(self, topics: Collection[str]) -> dict[str, int]:
+        """Partition count of each of ``topics`` that exists (missing ones are absent).
+
+        Raises:
+            BrokerError: the broker cannot be reached.
+        """
+        ...
+
+    def topic_ids(self) -> dict[str, str]:
+        """Ids of the topics the last :meth:`partitions` found, where the broker has ids (a topic deleted and
+        created again gets a new one); empty otherwise."""
+        ...
+
+    def create(self, topics: Collection[str]) -> list[str]:
+        """Create those of ``topics`` that are missing, with the configured partition count; returns them.
+
+        Raises:
+            BrokerError: the broker cannot be reached or refuses.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
         ...
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from stream.errors import BrokerError
 from stream.ports import Partition, RebalanceCallback, Record
 
-__all__ = ["MemoryBroker", "MemoryConnector", "MemorySink", "MemorySource"]
+__all__ = ["MemoryBroker", "MemoryConnector", "MemorySink", "MemorySource", "MemoryTopicAdmin"]
 
 
 class MemoryBroker:
@@ -189,11 +189,12 @@ class MemorySource:
         self._positions.clear()
 
     def assign_all(self, topic: str, *, from_end: bool) -> list[Partition]:
-        """Read every partition of ``topic`` (created if missing)."""
+        """Read every partition of ``topic`` (created if missing); partitions assigned already keep their position."""
         self.broker.create_topic(topic)
         parts = self.broker.partitions_of(topic)
         for p in parts:
-            self._positions[p] = self.broker.end(p) if from_end else 0
+            if p not in self._positions:
+                self._positions[p] = self.broker.end(p) if from_end else 0
         return parts
 
     def partitions_for(self, topic: str) -> list[Partition]:
@@ -276,6 +277,31 @@ class MemorySink:
         """Nothing to release."""
 
 
+class MemoryTopicAdmin:
+    """A :class:`~stream.ports.TopicAdmin` over a :class:`MemoryBroker` (topics get the broker's partition count)."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.broker = broker
+
+    def partitions(self, topics: Collection[str]) -> dict[str, int]:
+        """Partition count of each of ``topics`` that exists."""
+        return {t: n for t in topics if (n := len(self.broker.partitions_of(t)))}
+
+    def topic_ids(self) -> dict[str, str]:
+        """None (topics are never recreated here)."""
+        return {}
+
+    def create(self, topics: Collection[str]) -> list[str]:
+        """Create the missing ones; returns them."""
+        new = [t for t in topics if not self.broker.partitions_of(t)]
+        for t in new:
+            self.broker.create_topic(t)
+        return new
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
 class MemoryConnector:
     """A :class:`stream.worker.Connector` over a :class:`MemoryBroker` (several workers may share one broker)."""
 
@@ -290,6 +316,10 @@ class MemoryConnector:
     def sink(self, *, client_id: str) -> MemorySink:
         """A producer."""
         return MemorySink(self.broker)
+
+    def topic_admin(self, settings: Any) -> MemoryTopicAdmin:
+        """Inspects and creates topics."""
+        return MemoryTopicAdmin(self.broker)
 
     def ensure_topics(self, settings: Any) -> None:
         """Create the configured topics."""

@@ -5,6 +5,7 @@ Threads (one consumer each, so no client is shared between threads)::
     l2g-ingest   IngestLoop  group ingest.group_id on the video topic     decode, extract, index, snapshot+commit
     l2g-query    QueryLoop   every partition of the query topic, no group  extract the query, stage 1, partials
     l2g-merge    MergeLoop   group query.merge_group_id on candidates      merge, stage 2, results
+    l2g-topics   TopicWatch  the admin client                              topics exist (recreated), producer delivers
     l2g-http     HealthServer                                              /metrics /healthz /readyz
 
 The ingest and query loops use separate extractor instances (a query never waits for an ingest batch). Thread pools
@@ -14,8 +15,11 @@ settings applied (``l2g_core.index.backend.configure_faiss``), before anything r
 
 Shutdown (SIGTERM or SIGINT, or :meth:`Worker.stop`): each loop finishes its current poll (the ingest batch in
 flight is indexed), the ingest loop snapshots and commits, and every consumer closes, leaving its group so its
-partitions move at once. The worker is ready (``/readyz``, ``l2g_ready``) once the extractor is loaded and every
-enabled loop has its partitions (snapshots loaded).
+partitions move at once. The worker is ready (``/readyz``, ``l2g_ready``) once the extractor is loaded, every
+enabled loop has its partitions (snapshots loaded; the query loop reads every partition of the query topic), every
+topic exists and the producer delivers (:mod:`stream.topics`); it is not ready again while any of that is lost (a
+broker restarted empty: the topics are recreated with ``topics.partitions``, or awaited when ``topics.create`` is
+false).
 """
 
 from __future__ import annotations
@@ -37,10 +41,11 @@ from stream.failures import LoopFailurePolicy
 from stream.health import Health, HealthServer
 from stream.ingest import IngestLoop
 from stream.metrics import StreamMetrics
-from stream.ports import FeatureExtractor, Loop, MessageSink, MessageSource
+from stream.ports import FeatureExtractor, Loop, MessageSink, MessageSource, TopicAdmin
 from stream.query import MergeLoop, QueryLoop
 from stream.settings import RuntimeSettings, Settings
 from stream.store import PartitionedIndex
+from stream.topics import TopicWatch
 
 __all__ = ["Connector", "KafkaConnector", "Worker", "configure_threads", "make_extractor"]
 
@@ -61,6 +66,10 @@ class Connector(Protocol):
 
     def ensure_topics(self, settings: Settings) -> None:
         """Create the configured topics that are missing."""
+        ...
+
+    def topic_admin(self, settings: Settings) -> TopicAdmin:
+        """Inspects and creates topics (the worker's ``topics`` loop)."""
         ...
 
 
@@ -86,6 +95,11 @@ class KafkaConnector:
         from stream.kafka import ensure_topics
 
         ensure_topics(settings)
+
+    def topic_admin(self, settings: Settings) -> TopicAdmin:
+        from stream.kafka import KafkaTopicAdmin
+
+        return KafkaTopicAdmin(settings)
 
 
 def configure_threads(runtime: RuntimeSettings) -> None:
@@ -145,6 +159,7 @@ class Worker:
         self.ingest: IngestLoop | None = None
         self.query: QueryLoop | None = None
         self.merge: MergeLoop | None = None
+        self.topics: TopicWatch | None = None
         self.extractors: list[FeatureExtractor] = []
         self.sink: MessageSink | None = None
         self._stop = threading.Event()
@@ -156,7 +171,7 @@ class Worker:
     # ------------------------------------------------------------------ setup
     @property
     def ready(self) -> bool:
-        """Extractor loaded and every enabled loop assigned."""
+        """Extractor loaded, every enabled loop assigned, every topic there and the producer delivering."""
         return self.health.ready()[0]
 
     @property
@@ -205,6 +220,9 @@ class Worker:
                                                     local_dim=ingest_extractor.local_dim,
                                                     global_dim=ingest_extractor.global_dim)
         self.sink = self.connector.sink(client_id=cid)
+        self.topics = TopicWatch(s, self.connector.topic_admin(s), self.sink, health=self.health,
+                                 on_changed=self._topics_changed)
+        self.topics.start()
         dlq = DeadLetterPublisher(self.sink, s.topics.dead_letters, self.worker_id, self.metrics,
                                   s.kafka.max_message_bytes)
         if s.ingest.enabled:
@@ -230,16 +248,29 @@ class Worker:
         self._opened = True
         return self
 
+    def _topics_changed(self, names: list[str]) -> None:
+        """Topics came back or changed (the ``topics`` loop): the group consumers of those join again as new members
+        at their next poll (the query loop follows its topic itself)."""
+        t = self.settings.topics
+        for topic, loop in ((t.video, self.ingest), (t.candidates, self.merge)):
+            rejoin = getattr(getattr(loop, "source", None), "request_rejoin", None)
+            if topic in names and rejoin is not None:
+                rejoin()
+
     # ------------------------------------------------------------------ running
     def loops(self) -> list[tuple[str, Loop]]:
         """``(name, loop)`` of the enabled loops."""
-        named: list[tuple[str, Loop | None]] = [("ingest", self.ingest), ("query", self.query), ("merge", self.merge)]
+        named: list[tuple[str, Loop | None]] = [("ingest", self.ingest), ("query", self.query), ("merge", self.merge),
+                                                ("topics", self.topics)]
         return [(n, lp) for n, lp in named if lp is not None]
 
     def step(self) -> None:
         """One iteration of every loop in the calling thread (tests and single-threaded tools)."""
         for _, loop in self.loops():
-            loop.run_once()
+            if loop is self.topics:
+                self.topics.poll()  # (its run_once sleeps between checks)
+            else:
+                loop.run_once()
 
     def start(self) -> Worker:
         """:meth:`open`, then run every loop in its own thread."""

@@ -1,23 +1,102 @@
-"""Opt-out topic creation and group-offset inspection."""
+"""Topic creation (the only path that creates topics), topic inspection and group-offset inspection."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from stream.errors import BrokerError
-from stream.kafka.config import common_config
+from stream.kafka.config import common_config, forbid_auto_create
 from stream.ports import Partition
 from stream.settings import Settings
 
-__all__ = ["committed_offsets", "end_offsets", "ensure_topics"]
+__all__ = ["KafkaTopicAdmin", "committed_offsets", "end_offsets", "ensure_topics"]
 
 LOG = logging.getLogger(__name__)
+
+
+def _names(settings: Settings, topics: Iterable[str] | None) -> list[str]:
+    t = settings.topics
+    return list(topics) if topics is not None else [t.video, t.queries, t.candidates, t.results, t.dead_letters]
+
+
+class KafkaTopicAdmin:
+    """A :class:`~stream.ports.TopicAdmin` over one ``KafkaAdminClient``, connected on first use and again after a
+    failure (a restarted broker). Its metadata requests never create a topic.
+
+    Args:
+        settings: connection settings and ``topics`` (partitions and replication factor of created topics).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._admin: KafkaAdminClient | None = None
+        self._ids: dict[str, str] = {}
+
+    def _client(self) -> KafkaAdminClient:
+        if self._admin is None:
+            k = self.settings.kafka
+            conf = {"bootstrap_timeout_ms": int(k.producer_recovery_s * 1000),
+                    **common_config(k, f"{k.client_id}-admin")}
+            try:
+                self._admin = KafkaAdminClient(**conf)
+            except KafkaError as exc:
+                raise BrokerError(f"cannot connect to {k.bootstrap_servers}: {exc}") from exc
+        return self._admin
+
+    def _failed(self, what: str, exc: Exception) -> BrokerError:
+        self.close()  # reconnect next time
+        return BrokerError(f"{what}: {exc}")
+
+    def partitions(self, topics: Collection[str]) -> dict[str, int]:
+        """Partition count of each of ``topics`` that exists (missing ones are absent).
+
+        Raises:
+            BrokerError: the broker cannot be reached.
+        """
+        admin = self._client()
+        try:
+            described = admin.describe_topics(sorted(topics))
+        except (KafkaError, OSError) as exc:
+            raise self._failed(f"cannot describe topics {sorted(topics)}", exc) from exc
+        found = [d for d in described if d.get("error_code", 0) == 0 and d.get("partitions") and d["name"] in topics]
+        self._ids = {d["name"]: str(d["topic_id"]) for d in found if d.get("topic_id")}
+        return {d["name"]: len(d["partitions"]) for d in found}
+
+    def topic_ids(self) -> dict[str, str]:
+        """Ids of the topics the last :meth:`partitions` found (a topic created again gets a new one)."""
+        return dict(self._ids)
+
+    def create(self, topics: Collection[str]) -> list[str]:
+        """Create those of ``topics`` that are missing with ``topics.partitions`` partitions; returns them.
+
+        Raises:
+            BrokerError: the broker cannot be reached or refuses the creation.
+        """
+        t = self.settings.topics
+        new = [NewTopic(n, t.partitions, t.replication_factor) for n in topics if n not in self.partitions(topics)]
+        if not new:
+            return []
+        try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent worker won the race
+                self._client().create_topics(new)
+        except (KafkaError, OSError) as exc:
+            raise self._failed(f"cannot create topics {[n.name for n in new]}", exc) from exc
+        LOG.info("created topics %s with %d partitions", ", ".join(n.name for n in new), t.partitions)
+        return [n.name for n in new]
+
+    def close(self) -> None:
+        """Close the client (a later call connects again)."""
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                admin.close()
 
 
 def ensure_topics(settings: Settings, topics: Iterable[str] | None = None) -> list[str]:
@@ -33,29 +112,22 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None) -> li
     Raises:
         BrokerError: the broker cannot be reached or refuses the creation.
     """
-    t = settings.topics
-    names = list(topics) if topics is not None else [t.video, t.queries, t.candidates, t.results, t.dead_letters]
+    admin = KafkaTopicAdmin(settings)
     try:
-        admin = KafkaAdminClient(**common_config(settings.kafka, f"{settings.kafka.client_id}-admin"))
-    except KafkaError as exc:
-        raise BrokerError(f"cannot connect to {settings.kafka.bootstrap_servers}: {exc}") from exc
-    try:
-        existing = set(admin.list_topics())
-        new = [NewTopic(n, t.partitions, t.replication_factor) for n in names if n not in existing]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent worker won the race
-                admin.create_topics(new)
-            LOG.info("created topics %s", ", ".join(n.name for n in new))
-        return [n.name for n in new]
-    except KafkaError as exc:
-        raise BrokerError(f"cannot create topics {names}: {exc}") from exc
+        return admin.create(_names(settings, topics))
     finally:
         admin.close()
 
 
+def _offsets_consumer(settings: Settings, **conf: Any) -> KafkaConsumer:
+    consumer = KafkaConsumer(**common_config(settings.kafka, f"{settings.kafka.client_id}-offsets"), **conf)
+    forbid_auto_create(consumer)
+    return consumer
+
+
 def end_offsets(settings: Settings, topic: str) -> dict[Partition, int]:
     """High watermark of every partition of ``topic`` (empty when the topic does not exist)."""
-    consumer = KafkaConsumer(**common_config(settings.kafka, f"{settings.kafka.client_id}-offsets"))
+    consumer = _offsets_consumer(settings)
     try:
         ids = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, i) for i in sorted(ids)]
@@ -68,8 +140,7 @@ def end_offsets(settings: Settings, topic: str) -> dict[Partition, int]:
 
 def committed_offsets(settings: Settings, group_id: str, topic: str) -> dict[Partition, int]:
     """Offsets committed by ``group_id`` on ``topic`` (partitions without a commit are absent)."""
-    consumer = KafkaConsumer(**common_config(settings.kafka, f"{settings.kafka.client_id}-offsets"),
-                             group_id=group_id, enable_auto_commit=False)
+    consumer = _offsets_consumer(settings, group_id=group_id, enable_auto_commit=False)
     try:
         out: dict[Partition, int] = {}
         for i in sorted(consumer.partitions_for_topic(topic) or set()):

@@ -14,7 +14,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from stream.errors import BrokerError
-from stream.kafka.config import common_config, merge_extra
+from stream.kafka.config import common_config, forbid_auto_create, merge_extra
 from stream.ports import Partition, RebalanceCallback, Record
 from stream.settings import KafkaSettings
 
@@ -44,6 +44,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.on_revoke = on_revoke
 
     def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        self.source._awaiting_assignment = True
         parts = [_part(tp) for tp in revoked]
         self.source._in_listener.active = True
         try:
@@ -55,6 +56,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.source._pending_assign.discard(p)
 
     def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        self.source._awaiting_assignment = False
+        self.source._note_generation()
         self.source._pending_assign.update(_part(tp) for tp in assigned)
         self.source._assign_generation += 1
 
@@ -95,6 +98,7 @@ class KafkaSource:
             self._consumer = KafkaConsumer(**conf)
         except KafkaError as exc:
             raise BrokerError(f"cannot connect consumer to {kafka.bootstrap_servers}: {exc}") from exc
+        forbid_auto_create(self._consumer)  # the option alone is ignored by kafka-python 3.0.12
         self._positions: dict[Partition, int] = {}
         self._end_checked = 0.0
         self._ends: dict[Partition, int] = {}
@@ -105,6 +109,15 @@ class KafkaSource:
         self._assign_generation = 0
         self._sought: set[Partition] = set()
         self._in_listener = threading.local()
+        self._topic_ids: dict[str, Any] = {}  # of the assigned topics, as last seen in the cluster metadata
+        self._listener: _Listener | None = None
+        self._topics: list[str] = []
+        self._group_generation: tuple[Any, Any] | None = None  # (member id, generation) of the last assignment
+        self._stale_assignment = False
+        self._rejoin_requested = False
+        self._rejoin_requested_at = 0
+        self._awaiting_assignment = False  # a group member between a revocation (or subscribe) and its assignment
+        self._join_wait_ms = kafka.session_timeout_ms + 2_000  # tansu holds a JoinGroup ~session_timeout_ms / 2
 
     # ------------------------------------------------------------------ membership
     def subscribe(self, topics: Collection[str], *, on_assign: RebalanceCallback,
@@ -114,24 +127,116 @@ class KafkaSource:
         record of those partitions is returned)."""
         self._on_assign = on_assign
         self._on_reset = on_reset
-        self._consumer.subscribe(list(topics), listener=_Listener(self, on_assign, on_revoke))
+        self._topics = list(topics)
+        self._listener = _Listener(self, on_assign, on_revoke)
+        self._awaiting_assignment = True
+        self._consumer.subscribe(self._topics, listener=self._listener)
+
+    def _note_generation(self) -> None:
+        """On an assignment (IO thread): the broker must have started a new group generation for it.
+
+        Tansu answers a rejoin of the same member with the same generation and the assignment it stored for that
+        generation, however the leader assigned this time: a member that joined while its topic was missing (a
+        broker restarted empty) stays with no partition, and one that rejoins after a partition-count change keeps
+        the old partitions. A Kafka broker always starts a new generation. Such an assignment is never handed to
+        the caller: :meth:`poll` leaves the group and joins again as a new member (:meth:`_rejoin`).
+        """
+        gen = getattr(getattr(self._consumer, "_coordinator", None), "_generation", None)
+        key = (getattr(gen, "member_id", None), getattr(gen, "generation_id", None))
+        if key[1] is not None and key == self._group_generation:
+            self._stale_assignment = True
+        self._group_generation = key
+
+    def _complete_join(self) -> None:
+        """Drive a group join to its end in one call (up to ``session_timeout_ms`` + 2 s).
+
+        kafka-python 3.0.12 keeps a join in flight across short polls, but a join that a metadata change started
+        (the leader saw its topic vanish or change) stops being needed once the leader has computed the assignment,
+        so no later poll applies its result: the member stays without partitions (and without an assignment
+        callback) indefinitely. Loops poll for 0-500 ms and a tansu join takes about half the session timeout, so
+        while an assignment is awaited the join stays needed and is awaited whole (a join whose result was dropped
+        that way is made again).
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is not None and hasattr(coordinator, "poll"):
+            if hasattr(coordinator, "rejoin_needed"):
+                coordinator.rejoin_needed = True  # cleared by kafka-python when the join's result is applied
+            coordinator.poll(timeout_ms=self._join_wait_ms)
+
+    def request_rejoin(self) -> None:
+        """Leave the group and join again as a new member at the next :meth:`poll` (any thread may call this).
+
+        For a topic that was deleted and created again (a broker restarted empty), or came back with another
+        partition count: tansu answers the rejoin of a known member with its stale assignment (see
+        :meth:`_note_generation`), and only the group leader notices a partition-count change at all.
+        """
+        self._rejoin_requested = True
+        self._rejoin_requested_at = self._assign_generation
+
+    def _rejoin_due(self) -> bool:
+        """A requested rejoin, once no join is in flight (leaving then would race it); dropped when the group
+        assigned again by itself since the request (a stale answer to that join is caught by
+        :meth:`_note_generation`)."""
+        if not self._rejoin_requested:
+            return False
+        if self._assign_generation != self._rejoin_requested_at:
+            self._rejoin_requested = False
+            return False
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        stable = getattr(coordinator, "state", "<stable>") == "<stable>"  # kafka.structs.MemberState.STABLE
+        need = getattr(coordinator, "need_rejoin", None)
+        return stable and not (need() if callable(need) else False)
+
+    def _rejoin(self) -> None:
+        """Revoke what the caller holds, leave the group, and join again as a new member."""
+        stale = self._stale_assignment
+        self._stale_assignment = self._rejoin_requested = False
+        self._group_generation = None
+        held = [] if stale else sorted(self.assignment() - self._pending_assign)
+        LOG.warning("group %s: leaving and joining again as a new member (%s)",
+                    getattr(self._consumer, "config", {}).get("group_id"),
+                    "the broker answered a rejoin with the previous generation's assignment" if stale
+                    else "a topic was recreated or changed its partition count")
+        self._pending_assign.clear()
+        self._awaiting_assignment = True
+        if self._listener is not None:  # the caller saves its state, as in a rebalance
+            self._listener.on_partitions_revoked([_tp(p) for p in held])
+        try:
+            self._consumer.unsubscribe()  # LeaveGroup: the next join gets a new member id and a new generation
+            self._consumer.subscribe(self._topics, listener=self._listener)
+        except KafkaError as exc:
+            raise BrokerError(f"cannot rejoin the group: {exc}") from exc
 
     def assign_all(self, topic: str, *, from_end: bool) -> list[Partition]:
-        """Read every partition of ``topic`` outside any group; resolves the start positions before returning."""
+        """Read every partition of ``topic`` outside any group; resolves the start positions before returning.
+
+        Partitions assigned already keep their positions (a call after the partition count changed adds the new
+        ones); ``from_end`` applies to the others.
+        """
         try:
             ids = self._consumer.partitions_for_topic(topic)
         except KafkaError as exc:
             raise BrokerError(f"cannot list partitions of {topic}: {exc}") from exc
         if not ids:
             return []
+        before = set(self._consumer.assignment())
         tps = [TopicPartition(topic, i) for i in sorted(ids)]
+        if self._recreated(topic):  # the partitions kept name another log now: read them from their beginning
+            before = {tp for tp in before if tp.topic != topic}
+        new = [tp for tp in tps if tp not in before]
         self._consumer.assign(tps)
-        if from_end:
-            self._consumer.seek_to_end(*tps)
-        else:
-            self._consumer.seek_to_beginning(*tps)
-        for tp in tps:  # resolve the lazy seek now, so nothing produced after this call is missed
-            self._positions[_part(tp)] = int(self._consumer.position(tp))
+        for tp in before - set(tps):
+            self._positions.pop(_part(tp), None)
+        if new:
+            if from_end:
+                self._consumer.seek_to_end(*new)
+            else:
+                self._consumer.seek_to_beginning(*new)
+        try:
+            for tp in new:  # resolve the lazy seek now, so nothing produced after this call is missed
+                self._positions[_part(tp)] = int(self._consumer.position(tp))
+        except KafkaError as exc:
+            raise BrokerError(f"cannot resolve the positions of {topic}: {exc}") from exc
         return [_part(tp) for tp in tps]
 
     def assignment(self) -> set[Partition]:
@@ -155,9 +260,14 @@ class KafkaSource:
         """
         generation = self._assign_generation
         try:
+            if self._awaiting_assignment and self._topics:
+                self._complete_join()
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except KafkaError as exc:
             raise BrokerError(f"poll failed: {exc}") from exc
+        if self._listener is not None and (self._stale_assignment or self._rejoin_due()):
+            self._rejoin()  # a stale assignment is never handed to the caller, nor what was fetched for it
+            return []
         fresh: set[Partition] = set()
         if self._assign_generation != generation or self._pending_assign:
             fresh = self._deliver_assignment()
@@ -176,24 +286,60 @@ class KafkaSource:
                 self._positions[_part(tp)] = batches[tp][-1].offset + 1
         return out
 
-    def _check_resets(self) -> set[Partition]:
-        """Partitions whose log now ends before our position (recreated topic): read again from their beginning.
+    def _topic_id(self, topic: str) -> Any:
+        """The topic's id in the client's cluster metadata (None when unknown or missing)."""
+        cluster = getattr(self._consumer, "_cluster", None)
+        tid = cluster.topic_id(topic) if cluster is not None and hasattr(cluster, "topic_id") else None
+        return tid if tid is not None and getattr(tid, "int", 1) != 0 else None
 
-        A Kafka broker answers such a fetch with OFFSET_OUT_OF_RANGE and the client resets; tansu answers with an
-        empty batch and its (smaller) high watermark, so the consumer would wait for offsets that the new log reaches
-        only later and skip everything before. The high watermark of fetch responses is exact on tansu (its
-        ListOffsets is not).
+    def _recreated(self, topic: str) -> bool:
+        """Whether ``topic``'s id changed since last seen (deleted and created again: a broker restarted empty)."""
+        tid = self._topic_id(topic)
+        if tid is None:
+            return False
+        before = self._topic_ids.get(topic)
+        self._topic_ids[topic] = tid
+        return before is not None and before != tid
+
+    def _id_changed(self, topic: str) -> bool:
+        """Whether ``topic`` is missing or has another id than when it was last assigned (never on brokers without
+        topic ids)."""
+        before = self._topic_ids.get(topic)
+        return before is not None and self._topic_id(topic) != before
+
+    def _check_resets(self) -> set[Partition]:
+        """Partitions of a recreated topic: read again from their beginning (checked every second).
+
+        A topic is recreated when its id changes in the cluster metadata (a broker restarted empty; checked for
+        :meth:`assign_all` only), or when a partition's log ends before our position. The id is the reliable sign:
+        a Kafka broker answers a fetch beyond the log end with OFFSET_OUT_OF_RANGE, but tansu answers with an empty
+        batch and its (smaller) high watermark, and once the new log grows past our position, records before it
+        would be skipped silently. The high watermark of fetch responses is exact on tansu (its ListOffsets is not).
         """
         now = time.monotonic()
         if now - self._reset_checked < 1.0:
             return set()
         self._reset_checked = now
         reset: set[Partition] = set()
-        for tp in self._consumer.assignment():
+        assigned = self._consumer.assignment()
+        # a group member joins again instead (seeking while it rebalances stalls it); its new assignment starts
+        # where the group decides, and nothing read from the old log is committed meanwhile (commit)
+        if self._topics and not self._rejoin_requested and any(
+                self._id_changed(t) and self._topic_id(t) is not None for t in self._topics):
+            self.request_rejoin()
+        for topic in sorted({tp.topic for tp in assigned} if not self._topics else ()):
+            if self._recreated(topic):
+                LOG.warning("%s was recreated (its topic id changed): reading its partitions again from the "
+                            "beginning", topic)
+                for tp in assigned:
+                    if tp.topic == topic:
+                        self.seek_to_beginning(_part(tp))
+                        reset.add(_part(tp))
+        for tp in assigned:
             part = _part(tp)
             high = self._consumer.highwater(tp)
             pos = self._positions.get(part)
-            if high is not None and pos is not None and int(high) < pos:
+            if part not in reset and high is not None and pos is not None and int(high) < pos:
                 LOG.warning("%s ends at %d, before the read position %d: the topic was recreated; reading it again "
                             "from the beginning", part, high, pos)
                 self.seek_to_beginning(part)
@@ -204,6 +350,8 @@ class KafkaSource:
 
     def _deliver_assignment(self) -> set[Partition]:
         parts = set(self._pending_assign) & self.assignment()
+        for topic in {p.topic for p in parts}:  # the assignment callback chooses the start of these partitions
+            self._recreated(topic)
         self._pending_assign.clear()
         self._sought.clear()
         if self._on_assign is not None:
@@ -239,7 +387,11 @@ class KafkaSource:
             BrokerError: the broker refused the commit for another reason.
         """
         owned = self.assignment()
-        todo = {_tp(p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items() if p in owned}
+        stale = {p.topic for p in offsets if self._id_changed(p.topic)}
+        if stale:  # offsets of a log that no longer exists would make the new one skip its first records
+            LOG.warning("not committing offsets of %s: the topic was deleted or recreated since they were read",
+                        ", ".join(sorted(stale)))
+        todo = {_tp(p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items() if p in owned and p.topic not in stale}
         if not todo:
             return
         if getattr(self._in_listener, "active", False):

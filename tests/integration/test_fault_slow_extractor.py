@@ -19,7 +19,7 @@ import pytest
 
 from stream.broker import EmbeddedBroker, free_port
 from stream.client import publish_segments
-from stream.kafka import KafkaSink
+from stream.kafka import KafkaSink, ensure_topics
 from stream.kafka.admin import committed_offsets
 from stream.video import SyntheticCamera, encode_segments
 from stream.worker import Worker
@@ -53,6 +53,7 @@ def test_slow_extractor_sheds_load_without_a_rebalance(kafka_broker: EmbeddedBro
     chunks = sum(len(s) for s in segments.values())
     url = f"http://127.0.0.1:{http_port}"
 
+    ensure_topics(settings)  # clients never create topics
     sink = KafkaSink(settings.kafka, client_id="it-fault-slow")
     for name, segs in segments.items():  # the backlog is there before the worker starts
         publish_segments(settings, name, segs, start_time=START, sink=sink)
@@ -112,6 +113,7 @@ def test_control_without_load_shedding_the_group_evicts_the_worker(kafka_broker:
         extractor={"name": "slowtoy"}, http={"port": http_port}, query={"enabled": False})
     cam = SyntheticCamera(33, 256, 160, world_frames=400)
     segs = list(encode_segments(cam.frames(int(SECONDS * FPS)), FPS, segment_seconds=1.0))
+    ensure_topics(settings)  # clients never create topics
     sink = KafkaSink(settings.kafka, client_id="it-fault-slow-control")
     publish_segments(settings, "hall", segs, start_time=START, sink=sink)
     sink.close()

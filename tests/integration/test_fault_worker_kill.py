@@ -15,7 +15,7 @@ import pytest
 
 from stream.broker import EmbeddedBroker, free_port
 from stream.client import publish_segments
-from stream.kafka import KafkaSink
+from stream.kafka import KafkaSink, ensure_topics
 from stream.kafka.admin import committed_offsets
 from stream.video import SyntheticCamera, encode_segments
 from tests.reliability import faults
@@ -43,6 +43,7 @@ def _scenario(broker: EmbeddedBroker, tmp_path: Path, hooks: dict[str, str],
     segments = {n: list(encode_segments(c.frames(FRAMES), FPS, segment_seconds=1.0)) for n, c in cams.items()}
     chunks = sum(len(s) for s in segments.values())
     total = sum(s.frame_count for segs in segments.values() for s in segs)
+    ensure_topics(settings)  # clients never create topics
     sink = KafkaSink(settings.kafka, client_id="it-fault-kill")
     for name, segs in segments.items():
         publish_segments(settings, name, segs, start_time=START, sink=sink)

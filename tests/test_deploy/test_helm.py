@@ -84,7 +84,8 @@ def test_chart_metadata() -> None:
     values = chart_values()
     topics = {f"L2G_TOPICS__{key.upper()}" for key in values["kafkaTopics"]["partitions"]}
     names = {k for k in settings_env_names() if k.startswith("L2G_TOPICS__")}
-    topic_names = names - {"L2G_TOPICS__CREATE", "L2G_TOPICS__PARTITIONS", "L2G_TOPICS__REPLICATION_FACTOR"}
+    topic_names = names - {"L2G_TOPICS__CREATE", "L2G_TOPICS__PARTITIONS", "L2G_TOPICS__REPLICATION_FACTOR",
+                           "L2G_TOPICS__CHECK_INTERVAL_S"}
     assert topics == topic_names, "kafkaTopics.partitions must list every topic of stream.settings.TopicSettings"
     assert set(values["kafkaTopics"]["retentionMs"]) == set(values["kafkaTopics"]["partitions"])
 

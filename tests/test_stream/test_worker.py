@@ -41,7 +41,8 @@ def test_threaded_worker_serves_then_stops_gracefully(tmp_path: Path) -> None:
         assert worker.http_url is not None
         code, body = get(f"{worker.http_url}/readyz")
         assert code == 200 and json.loads(body)["conditions"] == {
-            "extractor": True, "ingest_assigned": True, "query_assigned": True, "merge_assigned": True}
+            "extractor": True, "ingest_assigned": True, "query_assigned": True, "merge_assigned": True,
+            "topics": True, "producer": True}
         publish(broker, "l2g.video", camera_chunks("cam-a", 1))
         deadline = time.monotonic() + 20
         while len(worker.index or []) < 8 and time.monotonic() < deadline:
