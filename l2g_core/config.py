@@ -39,8 +39,9 @@ class IndexConfig:
         local_dim: dimension D of local descriptors.
         global_dim: dimension G of global descriptors.
         bucket_seconds: width of a time bucket; retention drops whole buckets.
-        retention_seconds: frames older than ``newest event time - retention_seconds`` are evicted;
-            ``None`` keeps everything.
+        retention_seconds: frames older than their camera's ``newest event time - retention_seconds`` are
+            evicted (each camera keeps its own window: no camera's clock evicts another's frames); ``None`` keeps
+            everything.
         max_features_per_frame: the strongest N local features of a frame are indexed.
         rerank_features: the strongest features kept per frame (float16) for re-ranking and geometry.
         index_kind: ``flat`` (exact inner product), ``ivfpq`` (compressed), or ``auto`` (flat until

@@ -24,11 +24,14 @@ the extractor rejects its input (``plugins.errors.ExtractorInputError``)
     ``extractor_input``; the other frames are indexed.
 any other exception from the extractor (a bug, or its runtime failed: CUDA out of memory, ...)
     a crash report (:func:`extractor_crash`): logged with its traceback, counted in
-    ``l2g_extractor_errors_total{extractor}`` and raised as ``stream.errors.ExtractorCrashError``, which stops the
-    worker (above). Nothing is dead-lettered: the video is not bad input. No offset past the batch is committed
-    (the ingest loop only moves its positions once a whole poll is indexed), so the replacement worker reads the
-    batch again: a transient fault heals on restart, and a deterministic bug crash-loops visibly (restarts, the
-    metric, the consumer lag) instead of throwing good video away as bad input.
+    ``l2g_extractor_errors_total{extractor}``, raised as ``stream.errors.ExtractorCrashError``. One message must not
+    stop a worker, and a broken runtime must not throw good video away, so the ingest loop tells them apart: the
+    batch is retried frame by frame, and when the extractor still handles a canary frame (seeded noise of the same
+    size), the chunks whose frames crash it are dead-lettered with reason ``extractor_crash`` (a reason of its own,
+    not bad input: the video is kept for a replay once the bug is fixed) and the loop goes on. When every frame and
+    the canary crash, the runtime is broken: nothing is dead-lettered, the error stops the worker (above) with no
+    offset committed past the batch, and the orchestrator's restart reads it again. The query loop answers a query
+    whose image crashes the extractor with an error result and an ``extractor_crash`` dead letter holding the query.
 """
 
 from __future__ import annotations

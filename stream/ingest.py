@@ -155,7 +155,14 @@ class IngestLoop:
             snapshot_offset = self.index.open(part)
             committed = self.source.committed(part)
             frames = len(self.index.get(part))
-            if committed is not None:
+            if committed is not None and snapshot_offset is None and self.index.snapshot_root is not None:
+                # the group committed frames into snapshots this worker cannot use (another extractor identity,
+                # options or weights file, or a lost snapshot directory): rebuild from what the topic retains
+                self.source.seek_to_beginning(part)
+                where = (f"the beginning: committed offset {committed} but no snapshot of this extractor identity "
+                         f"under {self.index.snapshot_root}, rebuilding")
+                LOG.warning("%s: %s", part, where)
+            elif committed is not None:
                 # the group's offset: every frame before it is in a snapshot (commits follow snapshots)
                 start = committed
                 if snapshot_offset is not None and snapshot_offset < committed:
@@ -181,6 +188,8 @@ class IngestLoop:
 
     def _on_revoke(self, parts: Collection[Partition]) -> None:
         revoked = sorted(parts)
+        if self.health is not None:  # nothing is consumed until the group assigns again (a rebalance, a restart)
+            self.health.set_condition("ingest_assigned", False)
         if not revoked:
             return
         try:
@@ -261,6 +270,15 @@ class IngestLoop:
         assert chunk.ref is not None
         return resolve_ref(chunk.ref, self.settings.storage)
 
+    def _check_time(self, chunk: VideoChunk) -> None:
+        """Raises SchemaError (``time_out_of_range``) when the chunk's event time runs too far ahead of the clock."""
+        ahead = self.cfg.max_future_s
+        end = chunk.start_time + (chunk.frame_count or 0) / chunk.fps
+        if ahead is not None and end > time.time() + ahead:
+            raise SchemaError(f"chunk {chunk.sequence} of {chunk.camera_id} ends at event time {end:.0f}, "
+                              f"{end - time.time():.0f} s ahead of this worker's clock (ingest.max_future_s={ahead:g})",
+                              reason="time_out_of_range")
+
     def _decode(self, rec: Record, part: Partition, over_budget: Callable[[], bool]) -> list[_Frame]:
         """Validate, decode and sample one chunk; returns the frames to extract."""
         if rec.size > self.settings.kafka.max_message_bytes:
@@ -271,6 +289,7 @@ class IngestLoop:
         if rec.key != camera.encode():  # a camera lives on the partition of its key: one copy of each frame
             raise SchemaError(f"chunk of camera {camera!r} arrived with Kafka key {rec.key!r}: a chunk must be keyed "
                               f"by its camera_id", reason="key_mismatch")
+        self._check_time(chunk)
         data = self._payload(chunk)
         index = self.index.get(part)
         base_rate = self.cfg.sample_fps

@@ -73,6 +73,11 @@ class KafkaSettings(_Group):
         max_request_size: the producer's client-side request limit (must exceed ``max_message_bytes``).
         acks: producer acknowledgements.
         linger_ms: producer batching delay.
+        metadata_max_age_ms: how often every client refreshes its topic metadata, so a topic recreated with
+            another partition count is seen (consumer groups rebalance) within about this long.
+        producer_recovery_s: bound on the producer's recovery: a send waits at most this long for a topic's
+            metadata (clients never create topics) or for a replacement producer to connect, and a flush waits at
+            most this long on a producer that delivers nothing before replacing it (twice per flush at most).
         consumer_extra, producer_extra: raw client options passed through unchanged (they cannot
             override the options above).
     """
@@ -97,6 +102,8 @@ class KafkaSettings(_Group):
     max_request_size: int = Field(1_048_576, ge=1_024)
     acks: Literal["0", "1", "all"] = "all"
     linger_ms: int = Field(5, ge=0)
+    metadata_max_age_ms: int = Field(10_000, ge=1_000)
+    producer_recovery_s: float = Field(10.0, gt=0.0)
     consumer_extra: dict[str, Any] = Field(default_factory=dict)
     producer_extra: dict[str, Any] = Field(default_factory=dict)
 
@@ -126,8 +133,10 @@ class TopicSettings(_Group):
             each query (see :mod:`stream.query`).
         results: query results, keyed by query id.
         dead_letters: messages that could not be processed, with the reason.
-        create: create missing topics at start (idempotent); disable where topics are managed elsewhere.
+        create: create missing topics (idempotent), at start and whenever they disappear (a broker restarted
+            empty); when false the worker reports missing topics (not ready) and waits for them.
         partitions, replication_factor: used when creating.
+        check_interval_s: how often the worker checks that every topic exists (and its partition count).
     """
 
     video: str = "l2g.video"
@@ -138,6 +147,7 @@ class TopicSettings(_Group):
     create: bool = True
     partitions: int = Field(3, ge=1)
     replication_factor: int = Field(1, ge=1)
+    check_interval_s: float = Field(1.0, gt=0.0)
 
 
 class IngestSettings(_Group):
@@ -160,6 +170,9 @@ class IngestSettings(_Group):
         decode_threads: PyAV decoder threads (0 = automatic), always with ``thread_type="AUTO"``.
         max_frames_per_chunk: a chunk decoding to more frames is cut there (guards memory).
         commit_interval_s: how often the index is snapshotted and offsets committed.
+        max_future_s: a chunk whose event time runs more than this many seconds ahead of the worker's clock is
+            dead-lettered (``time_out_of_range``): one bad clock must not move retention (``null``: no bound, for
+            replays of simulated time).
     """
 
     enabled: bool = True
@@ -177,6 +190,7 @@ class IngestSettings(_Group):
     decode_threads: int = Field(0, ge=0)
     max_frames_per_chunk: int = Field(3_000, ge=1)
     commit_interval_s: float = Field(10.0, gt=0.0)
+    max_future_s: float | None = Field(300.0, gt=0.0)
 
 
 class QuerySettings(_Group):

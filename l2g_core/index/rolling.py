@@ -88,6 +88,7 @@ class RollingIndex:
         self._shards: dict[ShardId, Shard] = {}
         self._where: dict[tuple[str, int, int], ShardId] = {}
         self._newest: float | None = None
+        self._newest_by_camera: dict[str, float] = {}
         self._template: faiss.Index | None = None
         self._features = 0
         if config.index_kind == "ivfpq":
@@ -166,10 +167,14 @@ class RollingIndex:
                 f"index expects {self.config.global_dim}"
             )
 
-    def _horizon(self) -> float:
-        if self.config.retention_seconds is None or self._newest is None:
+    def _horizon(self, camera_id: str) -> float:
+        """Retention horizon of one camera: its own newest event time minus the retention. Each camera keeps its own
+        window, so no camera's clock (ahead, or poisoned) evicts another's frames; a camera that stops keeps its last
+        window (memory stays bounded by cameras x retention)."""
+        newest = self._newest_by_camera.get(camera_id)
+        if self.config.retention_seconds is None or newest is None:
             return -math.inf
-        return self._newest - self.config.retention_seconds
+        return newest - self.config.retention_seconds
 
     @classmethod
     def from_shards(cls, config: IndexConfig, shards: Iterable[Shard], template: faiss.Index | None = None
@@ -209,10 +214,8 @@ class RollingIndex:
         for feat in features:
             self._check(feat)
         with self._lock:
-            if keys:
-                newest = max(k.timestamp for k in keys)
-                self._newest = newest if self._newest is None else max(self._newest, newest)
-            horizon = self._horizon()
+            for key in keys:
+                self._note_time(key)
             groups: dict[ShardId, tuple[list[FrameKey], list[FrameFeatures]]] = {}
             seen: set[tuple[str, int, int]] = set()
             duplicates = too_old = 0
@@ -220,7 +223,7 @@ class RollingIndex:
                 if key.dedup_key in self._where or key.dedup_key in seen:
                     duplicates += 1
                     continue
-                if key.timestamp < horizon:
+                if key.timestamp < self._horizon(key.camera_id):
                     too_old += 1
                     continue
                 seen.add(key.dedup_key)
@@ -265,24 +268,33 @@ class RollingIndex:
             self._features += shard.num_features
             for key in shard.keys:
                 self._where[key.dedup_key] = shard.id
-                self._newest = key.timestamp if self._newest is None else max(self._newest, key.timestamp)
+                self._note_time(key)
+
+    def _note_time(self, key: FrameKey) -> None:
+        self._newest = key.timestamp if self._newest is None else max(self._newest, key.timestamp)
+        previous = self._newest_by_camera.get(key.camera_id)
+        self._newest_by_camera[key.camera_id] = key.timestamp if previous is None else max(previous, key.timestamp)
 
     def evict_before(self, timestamp: float) -> int:
         """Drop every shard whose bucket ends at or before ``timestamp``; returns frames dropped."""
+        with self._lock:
+            return self._drop([sid for sid, s in self._shards.items() if s.time_range[1] <= timestamp])
+
+    def evict_expired(self) -> int:
+        """Apply retention, each camera relative to its own newest event time; returns frames dropped."""
+        with self._lock:
+            return self._drop([sid for sid, shard in self._shards.items()
+                               if shard.time_range[1] <= self._horizon(sid.camera_id)])
+
+    def _drop(self, expired: list[ShardId]) -> int:
         dropped = 0
         with self._lock:
-            for sid in [sid for sid, s in self._shards.items() if s.time_range[1] <= timestamp]:
+            for sid in expired:
                 shard = self._shards.pop(sid)
                 for key in shard.keys:
                     self._where.pop(key.dedup_key, None)
                 self._features -= shard.num_features
                 dropped += len(shard)
         if dropped:
-            LOG.info("evicted %d frames older than %.3f", dropped, timestamp)
+            LOG.info("evicted %d frames (%d shards) past retention", dropped, len(expired))
         return dropped
-
-    def evict_expired(self) -> int:
-        """Apply retention relative to the newest event time; returns frames dropped."""
-        with self._lock:
-            horizon = self._horizon()
-            return 0 if horizon == -math.inf else self.evict_before(horizon)

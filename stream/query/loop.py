@@ -15,7 +15,14 @@ from plugins.errors import ExtractorInputError
 from stream.deadletter import dead_letter_for
 from stream.decode import decode_image
 from stream.envelope import decode_message, encode_message
-from stream.errors import BadInputError, ImageDecodeError, MessageTooLargeError, SchemaError
+from stream.errors import (
+    BadInputError,
+    ExtractorCrashError,
+    ImageDecodeError,
+    MessageTooLargeError,
+    SchemaError,
+)
+from stream.failures import extractor_crash
 from stream.health import Health
 from stream.messages import CandidatePartial, Query
 from stream.metrics import StreamMetrics
@@ -100,12 +107,23 @@ class QueryLoop:
         self._try_assign()
 
     def _try_assign(self) -> None:
+        """Read every partition of the query topic (checked every second): from its end at first; partitions that
+        appear later (the topic was recreated with another partition count) from their beginning, the others keep
+        their positions. Readiness ``query_assigned`` is true while every partition of the topic is read."""
         self._next_assign = time.monotonic() + 1.0
-        self.assigned = self.source.assign_all(self.settings.topics.queries, from_end=True)
-        if self.assigned and self.health is not None:
-            self.health.set_condition("query_assigned", True)
+        topic = self.settings.topics.queries
         if not self.assigned:
-            LOG.info("query topic %s not found yet; retrying", self.settings.topics.queries)
+            current = self.assigned = self.source.assign_all(topic, from_end=True)
+            if not self.assigned:
+                LOG.info("query topic %s not found yet; retrying", topic)
+        else:
+            current = self.source.partitions_for(topic)
+            if current and set(current) != set(self.assigned):
+                LOG.warning("query topic %s has %d partitions now (%d read): reading the new ones from their "
+                            "beginning", topic, len(current), len(self.assigned))
+                self.assigned = self.source.assign_all(topic, from_end=False)
+        if self.health is not None:
+            self.health.set_condition("query_assigned", bool(current) and set(current) <= set(self.assigned))
 
     def close(self) -> None:
         """Release the consumer."""
@@ -117,12 +135,11 @@ class QueryLoop:
         """One poll (without waiting while queries are queued), then the most urgent query; returns records read."""
         if self.health is not None:
             self.health.beat("query")
+        if time.monotonic() >= self._next_assign:
+            self._try_assign()
         if not self.assigned:
-            if time.monotonic() >= self._next_assign:
-                self._try_assign()
-            if not self.assigned:
-                time.sleep(self.cfg.poll_timeout_s)
-                return 0
+            time.sleep(self.cfg.poll_timeout_s)
+            return 0
         records = self.source.poll(0.0 if self._backlog else self.cfg.poll_timeout_s, _POLL_RECORDS)
         for rec in records:
             self.admit(rec)
@@ -199,6 +216,8 @@ class QueryLoop:
             features = self.extractor.extract(image[None])[0]
         except ExtractorInputError as exc:  # e.g. an image too small for the extractor
             raise ImageDecodeError(f"the extractor rejects the image: {exc}", reason="bad_image") from exc
+        except Exception as exc:  # a bug, not bad input: reported and counted; this query fails, the worker goes on
+            raise extractor_crash(exc, extractor=self.extractor.name, frames=1, metrics=self.metrics) from exc
         t2 = time.perf_counter()
         dims = self.index.config
         prepared = prepare_query(features, self.retrieval, dims.local_dim, dims.global_dim)
@@ -227,7 +246,7 @@ class QueryLoop:
             latency["queue"] = max(0.0, (time.time() - query.sent_at) * 1e3)
         try:
             prepared, times = self._prepare(query)
-        except BadInputError as exc:
+        except (BadInputError, ExtractorCrashError) as exc:  # every worker finds the same: the merger answers once
             return self._send_error(item.rec, query, exc, item.received)
         latency.update(times)
         stop_at = time.monotonic() + (item.deadline - self.cfg.deadline_margin_s - time.time())
@@ -254,17 +273,20 @@ class QueryLoop:
         self._cost_s = cost if not self._cost_s else 0.7 * self._cost_s + 0.3 * cost
         return [p.partial for p in packed]
 
-    def _send_error(self, rec: Record, query: Query | None, exc: BadInputError, received: float) -> list[
-            CandidatePartial]:
+    def _send_error(self, rec: Record, query: Query | None, exc: BadInputError | ExtractorCrashError,
+                    received: float) -> list[CandidatePartial]:
+        """An error partial: the merger answers ``status="error"`` and publishes the dead letter (with the query,
+        so a crash can be reproduced: reason ``extractor_crash``, not a bad-input reason)."""
+        reason = exc.reason if isinstance(exc, BadInputError) else "extractor_crash"
         qid = query.query_id if query is not None else _query_id_of(rec)
-        letter = dead_letter_for(rec, stage=STAGE, error=exc, worker_id=self.worker_id,
+        letter = dead_letter_for(rec, stage=STAGE, error=exc, worker_id=self.worker_id, reason=reason,
                                  value_limit=min(65_536, self.settings.kafka.max_message_bytes // 4))
         partial = CandidatePartial(
             query_id=qid, worker_id=self.worker_id, answer_id=uuid.uuid4().hex,
             mode=(query.mode if query is not None and query.mode else self.cfg.mode),
             k=query.k if query is not None else self.cfg.k, video_topic=self.settings.topics.video,
             deadline=received + self.cfg.default_timeout_s, sent_at=query.sent_at if query is not None else None,
-            received_at=received, error=str(exc), error_reason=exc.reason, dead_letter=letter,
+            received_at=received, error=str(exc), error_reason=reason, dead_letter=letter,
             query_position=_position_of(rec),
         )
         try:
@@ -272,7 +294,7 @@ class QueryLoop:
         except MessageTooLargeError:
             partial = partial.model_copy(update={"dead_letter": letter.model_copy(update={"original_value": None})})
             out = encode_message(partial, source=self.worker_id)
-        LOG.info("query %s rejected (%s): %s", qid, exc.reason, exc)
+        LOG.info("query %s rejected (%s): %s", qid, reason, exc)
         self._send([PackedPartial(partial, out)])
         return [partial]
 

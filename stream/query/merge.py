@@ -85,6 +85,8 @@ class MergeLoop:
 
     def _on_revoke(self, parts: Collection[Partition]) -> None:
         revoked = set(parts)
+        if self.health is not None:  # nothing is merged until the group assigns again (a rebalance, a restart)
+            self.health.set_condition("merge_assigned", False)
         self._commit(force=True)
         for qid in [q for q, p in self.pending.items() if set(p.first_offsets) & revoked]:
             del self.pending[qid]  # the new owner re-reads its partials from the committed offset
@@ -98,9 +100,9 @@ class MergeLoop:
                 pend.first_offsets.pop(p, None)
 
     def partitions_total(self) -> frozenset[int]:
-        """Partition numbers of the video topic (cached for 10 s)."""
+        """Partition numbers of the video topic (cached for 2 s: a topic recreated with another count is followed)."""
         now = time.monotonic()
-        if now - self._parts_cache[0] > 10.0 or not self._parts_cache[1]:
+        if now - self._parts_cache[0] > 2.0 or not self._parts_cache[1]:
             if self._video_partitions is not None:
                 parts = frozenset(self._video_partitions())
             else:
@@ -181,7 +183,7 @@ class MergeLoop:
         except BrokerError as exc:
             LOG.error("cannot publish the result of %s: %s", pend.query_id, exc)
         self.metrics.queries.labels(result.mode, _OUTCOMES[result.status]).inc()
-        for stage in ("total", "stage2"):
+        for stage in ("total", "stage2", "merge_wait"):
             if stage in result.latency_ms:
                 self.metrics.query_latency.labels(stage).observe(result.latency_ms[stage] / 1e3)
         if pend.sent_at is not None:
@@ -223,6 +225,9 @@ class MergeLoop:
             cut_short = cut_short or not ranking.coverage.complete
             matches = [Match(camera_id=h.key.camera_id, frame=int(h.key.sequence), timestamp=float(h.key.timestamp),
                              score=float(h.score), stage_scores=dict(h.stage_scores)) for h in ranking.hits]
+        if pend.features is not None and not any(c.coverage.frames_total for c in pend.complete.values()):
+            notes.append("no indexed frame matches the query's cameras and time range (a camera never indexed, or "
+                         "outside retention): no match says nothing about the image")
         coverage = pend.coverage(total, self.settings.topics.video, notes, incomplete=cut_short)
         answered = time.time()
         latency["total"] = max(0.0, (answered - first_received) * 1e3)

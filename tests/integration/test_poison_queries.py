@@ -155,3 +155,32 @@ def test_a_chunk_keyed_by_anything_but_its_camera_is_refused(kafka_broker: Embed
     assert sorted((d.reason, d.original_key or b"") for d in letters) == [
         ("key_mismatch", b""), ("key_mismatch", b"k1"), ("key_mismatch", b"k2"), ("key_mismatch", b"k3")]
     sink.close()
+
+
+def test_event_time_far_ahead_is_refused_and_one_camera_never_evicts_another(kafka_broker: EmbeddedBroker,
+                                                                            tmp_path: Path) -> None:
+    """Issue 11.3: one valid chunk dated 2096 evicted every frame of its partition (retention ran from the newest time
+    seen) and live video was then skipped. Now a chunk beyond ``ingest.max_future_s`` is dead-lettered
+    ``time_out_of_range``, and retention runs per camera: a camera a few minutes ahead evicts nobody else."""
+    settings = kafka_settings(kafka_broker, tmp_path, index={"retention_seconds": 60.0},
+                              ingest={"max_future_s": 300.0})
+    cam = SyntheticCamera(12, 320, 192, world_frames=40)
+    segments = list(encode_segments(cam.frames(20), FPS, segment_seconds=2.0))
+    now = time.time()
+    with Worker(settings) as worker:
+        assert worker.wait_ready(30)
+        chunks = publish_segments(settings, "live", segments, start_time=now - 30).chunks
+        wait_for(lambda: sum(worker.ingest.positions.values()) >= chunks, 60, "ingest")  # type: ignore[union-attr]
+        live = len(worker.index or [])
+        assert live > 0
+        chunks += publish_segments(settings, "poison", segments, start_time=4_000_000_000.0).chunks  # year 2096
+        chunks += publish_segments(settings, "ahead", segments, start_time=now + 200).chunks  # within the bound
+        chunks += publish_segments(settings, "live", segments, start_time=now - 10).chunks  # live video goes on
+        wait_for(lambda: sum(worker.ingest.positions.values()) >= chunks, 60, "ingest")  # type: ignore[union-attr]
+        cameras = {k.camera_id for _, index in worker.index.items() for s in index.shards() for k in s.keys}  # type: ignore[union-attr]
+        assert cameras == {"live", "ahead"}
+        assert len(worker.index or []) == 3 * live  # live twice (other times), ahead once; nothing evicted
+        assert worker.metrics.value("l2g_frames_skipped_total", {"reason": "duplicate"}) == 0
+        assert worker.metrics.value("l2g_index_evicted_frames_total") == 0
+    letters = read_topic(settings, settings.topics.dead_letters, DeadLetter, count=len(segments))
+    assert {(d.reason, d.original_key) for d in letters} == {("time_out_of_range", b"poison")}

@@ -124,6 +124,8 @@ class _Recorder:
 
     def __init__(self, **conf: Any) -> None:
         type(self).calls.append(conf)
+        # the cluster metadata whose auto-creation flag stream.kafka.config.forbid_auto_create turns off
+        self._cluster = type("Cluster", (), {"config": {"allow_auto_create_topics": True}})()
 
 
 @pytest.mark.parametrize("protocol", ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])
@@ -321,7 +323,7 @@ def test_settings_file_secrets_are_masked(tmp_path: Path) -> None:
 def test_print_settings_masks_secrets(secret_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from stream import cli
 
-    monkeypatch.setenv("L2G_KAFKA__CONSUMER_EXTRA", json.dumps({"sasl_oauth_token": SASL_PW}))
+    monkeypatch.setenv("L2G_KAFKA__CONSUMER_EXTRA", json.dumps({"sasl_oauth_token_provider": SASL_PW}))
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
     assert cli.main(["worker", "--print-settings"]) == 0

@@ -217,3 +217,33 @@ def test_query_features_too_large_for_a_message_are_cut_with_a_note(tmp_path: Pa
     assert any(n.startswith("query features cut to the strongest") for n in res.coverage.notes)
     assert all(len(r.value or b"") <= 100_000 for r in broker.records("l2g.candidates"))
     w.stop()
+
+
+def test_a_query_image_that_crashes_the_extractor_is_answered_with_an_error(tmp_path: Path) -> None:
+    """Issue 11: no message stops a worker. A query extractor that crashes (a bug, not bad input) gives the asker an
+    error result and a dead letter ``extractor_crash`` with the query (to reproduce it); the worker goes on."""
+    from plugins import get_extractor
+    from stream.ports import FeatureExtractor
+    from stream.settings import Settings
+    from stream.testing import MemoryConnector
+    from stream.worker import Worker
+
+    from .test_ingest import FaultyExtractor
+
+    broker = MemoryBroker(3)
+    load(broker, cameras_on_partitions(1))
+    made: list[object] = []
+
+    def factory(settings: Settings) -> FeatureExtractor:  # the ingest extractor is sound, the query one crashes
+        made.append(None)
+        return get_extractor("toy") if len(made) == 1 else FaultyExtractor(lambda: RuntimeError("boom"), bad="always")
+
+    worker = Worker(make_settings(tmp_path), connector=MemoryConnector(broker), extractor_factory=factory).open()
+    qid = send_query(broker, png(camera_frame(1, 10)[CROP]), k=3)
+    run_until([worker], answered(broker, qid))
+    (res,) = results(broker)[qid]
+    assert res.status == "error" and "extractor_crash" in (res.error or "") and "boom" in (res.error or "")
+    assert [(d.stage, d.reason) for d in dead_letters(broker)] == [("query", "extractor_crash")]
+    assert worker.metrics.value("l2g_extractor_errors_total") == 1
+    assert not worker.stopping
+    worker.stop()
