@@ -47,12 +47,15 @@ __all__ = [
     "CandidatePartial",
     "CandidateSection",
     "DeadLetter",
+    "FrameRef",
     "M",
     "Match",
+    "MatchGeometry",
     "Message",
     "Query",
     "QueryFeatures",
     "QueryResult",
+    "Segment",
     "VideoChunk",
 ]
 
@@ -195,6 +198,58 @@ class Query(_Schema):
         )
 
 
+class FrameRef(_Schema):
+    """Where a matched frame's pixels live, so a client can decode it again from Kafka (the worker keeps none).
+
+    Read the record at ``topic``/``partition``/``offset`` (a :class:`VideoChunk`), decode its segment and take
+    the decoded frame number ``frame_index`` (0-based, counting every decoded frame of the chunk, sampled or not;
+    ``frame == chunk.first_frame + frame_index``).
+
+    Attributes:
+        topic: the video topic.
+        partition: the record's partition.
+        offset: the record's offset.
+        frame_index: the frame's position among the chunk's decoded frames.
+    """
+
+    topic: str = Field(min_length=1, max_length=256)
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    frame_index: int = Field(ge=0)
+
+
+class MatchGeometry(_Schema):
+    """Geometric proof of a match: the query image's outline found in the matched frame.
+
+    Mutual nearest-neighbour matches of the query's and the frame's stored local features, and one RANSAC
+    homography (or a partial affine transform when a homography is degenerate) through them. Coordinates are
+    pixels of the frame as indexed (``frame_size``; a client that decodes the frame at another size scales them).
+
+    Attributes:
+        status: ``verified``: a consistent transform with at least the minimum inliers; ``no_geometry``: none
+            (``reason`` says why; the other fields are empty or zero).
+        model: ``homography`` or ``affine``.
+        inliers: correspondences consistent with the transform.
+        correspondences: mutual nearest-neighbour matches tried.
+        transform: 3x3 row-major matrix mapping query pixels ``(x, y, 1)`` to frame pixels.
+        polygon: the query image's corners (top-left, top-right, bottom-right, bottom-left) in frame pixels
+            ``[x, y]``.
+        box: ``[x0, y0, x1, y1]``: the polygon's bounding box clipped to the frame.
+        frame_size: ``[width, height]`` of the frame the coordinates refer to.
+        reason: why there is no geometry (``no_geometry``), e.g. ``too few correspondences (3 < 4)``.
+    """
+
+    status: Literal["verified", "no_geometry"]
+    model: Literal["homography", "affine"] | None = None
+    inliers: int = Field(0, ge=0)
+    correspondences: int = Field(0, ge=0)
+    transform: list[list[float]] | None = Field(None, min_length=3, max_length=3)
+    polygon: list[tuple[float, float]] | None = Field(None, min_length=4, max_length=4)
+    box: tuple[float, float, float, float] | None = None
+    frame_size: tuple[int, int] | None = None
+    reason: str | None = Field(None, max_length=512)
+
+
 class Match(_Schema):
     """One frame that matches a query.
 
@@ -202,6 +257,9 @@ class Match(_Schema):
         camera_id, frame, timestamp: the frame (frame number within the camera's stream; Unix time).
         score: final score of the mode (higher is better).
         stage_scores: score per stage (``local``, ``global``, ``l2g``, ``inliers``, ...).
+        frame_ref: where the frame can be fetched back from Kafka; None when unknown (a frame indexed before the
+            index kept chunk positions).
+        geometry: the geometric proof (the first ``query.verify_top`` matches); None when not verified.
     """
 
     camera_id: str
@@ -209,6 +267,30 @@ class Match(_Schema):
     timestamp: float
     score: float
     stage_scores: dict[str, float] = Field(default_factory=dict)
+    frame_ref: FrameRef | None = None
+    geometry: MatchGeometry | None = None
+
+
+class Segment(_Schema):
+    """A per-camera time range of an answer: matches of one camera whose times are close merged into one.
+
+    Attributes:
+        camera_id: the camera.
+        start, end: Unix times of the segment's earliest and latest matched frame (inclusive).
+        best_frame, best_timestamp: the segment's best-scoring match (frame number; Unix time).
+        score: that match's score.
+        frame_count: matches in the segment.
+        match_indices: positions of the segment's matches in ``QueryResult.matches``, best first.
+    """
+
+    camera_id: str
+    start: float
+    end: float
+    best_frame: int
+    best_timestamp: float
+    score: float
+    frame_count: int = Field(ge=1)
+    match_indices: list[int] = Field(default_factory=list)
 
 
 class CandidateSection(_Schema):
@@ -227,6 +309,9 @@ class CandidateSection(_Schema):
         descriptor_counts: local descriptors sent per candidate (0 in modes that do not re-rank locally).
         descriptors: ``(sum(counts), D)`` float16, each candidate's strongest first.
         keypoints: ``(sum(counts), 2)`` float32, or empty when the mode does not use them.
+        chunk_offsets, chunk_frames: per candidate, the offset of the video chunk record that carried the frame
+            (in ``partition`` of the partial's ``video_topic``) and the frame's position among the chunk's decoded
+            frames; ``-1`` where unknown; both empty when none is known.
         coverage: what the search of the partition covered (repeated in every slice).
     """
 
@@ -241,6 +326,8 @@ class CandidateSection(_Schema):
     descriptor_counts: list[int] = Field(default_factory=list)
     descriptors: Base64Payload = b""
     keypoints: Base64Payload = b""
+    chunk_offsets: list[int] = Field(default_factory=list)
+    chunk_frames: list[int] = Field(default_factory=list)
     coverage: Coverage = Field(default_factory=Coverage)
 
     @model_validator(mode="after")
@@ -248,6 +335,8 @@ class CandidateSection(_Schema):
         n = len(self.cameras)
         if len(self.timestamps) != n or len(self.sequences) != n or len(self.descriptor_counts) != n:
             raise ValueError("cameras, timestamps, sequences and descriptor_counts must have the same length")
+        if len(self.chunk_offsets) != len(self.chunk_frames) or (self.chunk_offsets and len(self.chunk_offsets) != n):
+            raise ValueError("chunk_offsets and chunk_frames must both be empty or hold one value per candidate")
         if self.start + n > self.total:
             raise ValueError("slice extends past the partition's total")
         if len(self.scores) != 4 * n:
@@ -267,12 +356,16 @@ class QueryFeatures(_Schema):
         descriptors: ``(count, D)`` float32 unit descriptors.
         keypoints: ``(count, 2)`` float32.
         global_descriptor: ``(G,)`` float32 unit descriptor.
+        image_width, image_height: size of the query image the keypoints refer to (0: unknown); the geometric
+            proof projects this rectangle into the matched frames.
     """
 
     count: int = Field(ge=0)
     descriptors: Base64Payload = b""
     keypoints: Base64Payload = b""
     global_descriptor: Base64Payload
+    image_width: int = Field(0, ge=0)
+    image_height: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> QueryFeatures:
@@ -354,10 +447,13 @@ class QueryResult(_Schema):
             ``error``.
         mode: the retrieval mode used.
         matches: best first.
+        segments: the matches merged into per-camera time segments (matches of one camera at most
+            ``query.segment_gap_s`` apart), best segment first.
         latency_ms: per stage: ``queue`` (``sent_at`` to the merger reading the query, when known),
             ``decode_image``, ``extract``, ``stage1`` (slowest partial), ``merge_wait`` (reading the query to the
             last partial needed: it *includes* the slowest worker's ``decode_image``, ``extract`` and ``stage1``,
-            so the stages do not add up), ``stage2``, ``total`` (reading the query to publishing the result). Each
+            so the stages do not add up), ``stage2``, ``verify`` (geometric proof of the top matches, after stage 2),
+            ``total`` (reading the query to publishing the result). Each
             is also a ``stage`` of the ``l2g_query_latency_seconds`` histogram.
         coverage: what was searched.
         error: why the query failed (status ``error``).
@@ -370,6 +466,7 @@ class QueryResult(_Schema):
     status: Literal["complete", "partial", "error"]
     mode: Mode
     matches: list[Match] = Field(default_factory=list)
+    segments: list[Segment] = Field(default_factory=list)
     latency_ms: dict[str, float] = Field(default_factory=dict)
     coverage: Coverage = Field(default_factory=Coverage)
     error: str | None = None
