@@ -25,6 +25,8 @@ _BUILTIN: dict[str, str] = {
     "efficientnet-gem": "plugins.efficientnet:EfficientNetGeMExtractor",
     "rootsift": "plugins.rootsift:RootSiftExtractor",
     "aliked": "plugins.aliked:AlikedExtractor",
+    "vitgal": "plugins.vitgal:ViTGaLExtractor",
+    "effnet-unified": "plugins.unified:EffNetUnifiedExtractor",
 }
 _REGISTERED: dict[str, type[Extractor]] = {}
 
