@@ -43,6 +43,7 @@ from stream.envelope import decode_message
 from stream.errors import BadInputError, ExtractorCrashError, MessageTooLargeError, SchemaError, VideoDecodeError
 from stream.failures import extractor_crash
 from stream.health import Health
+from stream.lag import ConsumerLag
 from stream.messages import VideoChunk
 from stream.metrics import StreamMetrics
 from stream.ports import FeatureExtractor, MessageSource, Partition, Record
@@ -111,6 +112,7 @@ class IngestLoop:
         self.shedder = LoadShedder(self.cfg.sample_fps, self.cfg.min_sample_fps, self.cfg.lag_high_messages,
                                    self.cfg.lag_low_messages, enabled=self.cfg.load_shed)
         self.stats = IngestStats()
+        self.lag = ConsumerLag(metrics)
         self._positions: dict[Partition, int] = {}
         self._committed: dict[Partition, int] = {}
         self._last_checkpoint = time.monotonic()
@@ -199,7 +201,7 @@ class IngestLoop:
                 self.index.close_partition(part)
                 self._positions.pop(part, None)
                 self._committed.pop(part, None)
-                self.metrics.consumer_lag.labels(part.topic, str(part.partition)).set(0)
+            self.lag.forget(revoked)
             LOG.info("revoked %s", ", ".join(map(str, revoked)))
             self._refresh_gauges(force=True)
 
@@ -217,12 +219,11 @@ class IngestLoop:
         poll_start = time.monotonic()
         if self.health is not None:
             self.health.beat("ingest")
+        self.lag.consumed(records)
         if records:
             self._process(records, poll_start)
-        lag = self.source.lag()
-        for part, value in lag.items():
-            self.metrics.consumer_lag.labels(part.topic, str(part.partition)).set(value)
-        self.shedder.update(sum(lag.values()))
+        self.lag.observe(self.source.lag())
+        self.shedder.update(self.lag.messages)
         if time.monotonic() - self._last_checkpoint >= self.cfg.commit_interval_s:
             self.checkpoint()
         self._refresh_gauges()

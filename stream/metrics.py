@@ -22,6 +22,8 @@ Gauges
     ``l2g_index_frames``, ``l2g_index_features``, ``l2g_index_bytes``, ``l2g_index_time_span_seconds``,
     ``l2g_index_newest_timestamp_seconds``, ``l2g_index_oldest_timestamp_seconds``,
     ``l2g_ingest_freshness_seconds``, ``l2g_consumer_lag_messages{topic,partition}``,
+    ``l2g_consumer_lag_seconds{topic,partition}`` (0 when caught up, else the wall clock minus the Kafka timestamp of
+    the last message consumed: see :mod:`stream.lag`),
     ``l2g_sampling_fps{camera}``, ``l2g_ready``
 Info
     ``l2g_build_info{version,extractor,worker}``
@@ -80,6 +82,9 @@ class StreamMetrics:
                                   registry=r)
         self.consumer_lag = Gauge("l2g_consumer_lag_messages", "Messages between read position and end.",
                                   ["topic", "partition"], registry=r)
+        self.consumer_lag_seconds = Gauge(
+            "l2g_consumer_lag_seconds", "0 when caught up, else the wall clock minus the Kafka timestamp of the last "
+            "message consumed (how long the message being processed waited).", ["topic", "partition"], registry=r)
         self.ingest_freshness = Gauge("l2g_ingest_freshness_seconds",
                                       "Wall-clock time minus the newest indexed frame time.", registry=r)
         self.rebalances = Counter("l2g_rebalances", "Partition assignments received.", registry=r)

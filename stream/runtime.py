@@ -15,6 +15,8 @@ import logging
 import os
 import sys
 
+from stream import lognoise
+
 __all__ = ["OPENMP_MODULES", "configure_process"]
 
 LOG = logging.getLogger(__name__)
@@ -24,13 +26,15 @@ OPENMP_MODULES = ("torch", "faiss")
 
 
 def configure_process() -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already sets it (see the module docstring).
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already sets it (see the module docstring), and
+    demote kafka-python's lines that read like errors but are not (:mod:`stream.lognoise`).
 
     Returns:
         Whether the setting can still take effect: False when an OpenMP module was already imported (the variable
         is set anyway, for child processes, and a warning is logged).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    lognoise.install()
     loaded = [m for m in OPENMP_MODULES if m in sys.modules]
     if loaded:
         LOG.warning("configure_process() ran after %s loaded OpenMP: OMP_WAIT_POLICY=%s may not apply",

@@ -323,6 +323,9 @@ class RuntimeSettings(_Group):
         torch_threads, faiss_threads: thread pools set at worker start (0 leaves the library default).
         log_level: logging level of the entry point.
         progress: print progress lines on long work (publishing, waiting for ingest).
+        progress_interval_s: a running worker logs one INFO line this often (frames indexed and fps over the
+            interval, consumer lag in messages and seconds, sampling rate and load shedding, queries answered);
+            0 turns it off.
     """
 
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -330,6 +333,7 @@ class RuntimeSettings(_Group):
     faiss_threads: int = Field(0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     progress: bool = True
+    progress_interval_s: float = Field(30.0, ge=0.0)
 
 
 def _read_settings_file(path: Path) -> dict[str, Any]:

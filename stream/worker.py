@@ -7,6 +7,7 @@ Threads (one consumer each, so no client is shared between threads)::
     l2g-merge    MergeLoop   group query.merge_group_id on candidates      merge, stage 2, results
     l2g-topics   TopicWatch  the admin client                              topics exist (recreated), producer delivers
     l2g-http     HealthServer                                              /metrics /healthz /readyz
+    l2g-progress ProgressLog                                               an INFO line every progress_interval_s
 
 The ingest and query loops use separate extractor instances (a query never waits for an ingest batch). Thread pools
 of torch and FAISS are set from ``runtime.torch_threads`` / ``runtime.faiss_threads``, and the process-wide FAISS
@@ -35,6 +36,7 @@ from types import FrameType
 from typing import Protocol
 
 from l2g_core.index.backend import configure_faiss
+from stream import lognoise
 from stream.deadletter import DeadLetterPublisher
 from stream.errors import BrokerError, ConfigurationError
 from stream.failures import LoopFailurePolicy
@@ -42,6 +44,7 @@ from stream.health import Health, HealthServer
 from stream.ingest import IngestLoop
 from stream.metrics import StreamMetrics
 from stream.ports import FeatureExtractor, Loop, MessageSink, MessageSource, TopicAdmin
+from stream.progress import ProgressLog
 from stream.query import MergeLoop, QueryLoop
 from stream.settings import RuntimeSettings, Settings
 from stream.store import PartitionedIndex
@@ -279,8 +282,23 @@ class Worker:
             t = threading.Thread(target=self._run_loop, args=(name, loop), name=f"l2g-{name}", daemon=True)
             self._threads.append(t)
             t.start()
+        interval = self.settings.runtime.progress_interval_s
+        if interval > 0:
+            progress = ProgressLog(self.metrics, *((self.ingest.shedder, self.ingest.lag) if self.ingest else ()))
+            t = threading.Thread(target=self._run_progress, args=(progress, interval), name="l2g-progress",
+                                 daemon=True)
+            self._threads.append(t)
+            t.start()
         LOG.info("worker %s started (%s)", self.worker_id, ", ".join(n for n, _ in self.loops()))
         return self
+
+    def _run_progress(self, progress: ProgressLog, interval_s: float) -> None:
+        """Log the progress line every ``interval_s`` until stopped (``runtime.progress_interval_s``)."""
+        while not self._stop.wait(interval_s):
+            try:
+                progress.log()
+            except Exception:  # a progress line must never stop the worker
+                LOG.exception("progress line failed")
 
     def _run_loop(self, name: str, loop: Loop) -> None:
         """Run ``loop`` until stopped; :attr:`failure_policy` decides what an exception does (stream.failures)."""
@@ -368,6 +386,7 @@ class Worker:
             if self._stop.is_set():
                 raise KeyboardInterrupt  # a second signal: stop waiting for the graceful shutdown
             LOG.info("%s received: shutting down gracefully", signal.Signals(signum).name)
+            lognoise.shutdown_started()  # requests in flight fail while the clients close: not errors
             self._stop.set()
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
