@@ -13,6 +13,7 @@ their number is capped (``http.max_connections``); see :class:`HealthServer` and
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -26,6 +27,7 @@ from typing import Any, cast
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from stream.errors import ConfigurationError
 from stream.metrics import StreamMetrics
 
 __all__ = ["Health", "HealthServer"]
@@ -318,14 +320,25 @@ class HealthServer:
         host, port: listen address; port 0 picks a free port (see :attr:`port` after :meth:`start`).
         request_timeout_s: whole-request deadline per connection (``http.request_timeout_s``).
         max_connections: connections open at once (``http.max_connections``).
+
+    Raises:
+        ConfigurationError: the address cannot be bound (the port in use, a host not on this machine); the message
+            names ``host:port``.
     """
 
     def __init__(self, health: Health, metrics: StreamMetrics, host: str = "127.0.0.1", port: int = 0, *,
                  request_timeout_s: float = 5.0, max_connections: int = 128) -> None:
         if request_timeout_s <= 0 or max_connections < 1:
             raise ValueError("request_timeout_s must be positive and max_connections at least 1")
-        self._server = _Server((host, port), health, metrics, request_timeout_s=request_timeout_s,
-                               max_connections=max_connections)
+        try:
+            self._server = _Server((host, port), health, metrics, request_timeout_s=request_timeout_s,
+                                   max_connections=max_connections)
+        except OSError as exc:  # e.g. [Errno 98] Address already in use, which names neither host nor port
+            why = "the port is already in use (another worker on this host?)" if exc.errno == errno.EADDRINUSE \
+                else (exc.strerror or str(exc))
+            raise ConfigurationError(f"http: cannot listen on {host}:{port}: {why}; set http.port "
+                                     "(L2G_HTTP__PORT, --http-port) to a free port, 0 for any free one, or "
+                                     "http.enabled=false") from exc
         self._thread: threading.Thread | None = None
 
     @property

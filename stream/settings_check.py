@@ -2,7 +2,8 @@
 (the fields of :class:`l2g_core.RetrievalConfig`), ``extractor.options`` (the extractor's options model) and
 ``kafka.consumer_extra`` / ``producer_extra`` (kafka-python's configuration keys).
 
-Run by ``l2g-stream worker`` before it starts and by ``--print-settings``, so that a typo such as
+Run by :meth:`stream.worker.Worker.open` (so by ``l2g-stream worker`` and every embedding of a worker) and by
+``--print-settings``, so that a typo such as
 ``L2G_INDEX__RETRIEVAL='{"shortlst": 300}'`` fails at once, naming the key and the closest valid one, instead of
 when the first query or chunk arrives. This module reads the settings object only (never the environment).
 """
@@ -80,13 +81,19 @@ def _check_kafka_extra(settings: Settings) -> None:
     unknown_keys("kafka.producer_extra", settings.kafka.producer_extra, KafkaProducer.DEFAULT_CONFIG)
 
 
-def check_settings(settings: Settings) -> None:
+def check_settings(settings: Settings, *, extractor: bool = True) -> None:
     """Check the free-form maps of ``settings`` (see the module docstring); imports neither torch nor FAISS.
+
+    Args:
+        settings: what to check.
+        extractor: also check ``extractor.options`` against the registered extractor (False when the caller builds
+            its extractor some other way, e.g. a worker given an ``extractor_factory``).
 
     Raises:
         ConfigurationError: an unknown key (with the closest valid one and the list) or a bad value.
     """
     unknown_keys("index.retrieval", settings.index.retrieval, retrieval_keys())
     settings.index.retrieval_config()
-    _check_extractor(settings.extractor.name, settings.extractor.options)
+    if extractor:
+        _check_extractor(settings.extractor.name, settings.extractor.options)
     _check_kafka_extra(settings)

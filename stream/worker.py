@@ -47,6 +47,7 @@ from stream.ports import FeatureExtractor, Loop, MessageSink, MessageSource, Top
 from stream.progress import ProgressLog
 from stream.query import MergeLoop, QueryLoop
 from stream.settings import RuntimeSettings, Settings
+from stream.settings_check import check_settings
 from stream.store import PartitionedIndex
 from stream.topics import TopicWatch
 
@@ -186,12 +187,14 @@ class Worker:
         """Create everything and join the groups, without starting threads (:meth:`step` drives the loops).
 
         Raises:
-            ConfigurationError: bad extractor or index settings.
+            ConfigurationError: bad extractor or index settings, a typo in a free-form option map
+                (:func:`stream.settings_check.check_settings`), or the HTTP port in use.
             BrokerError: the broker cannot be reached.
         """
         if self._opened:
             return self
         s = self.settings
+        check_settings(s, extractor=self._extractor_factory is make_extractor)  # before anything starts
         configure_threads(s.runtime)
         configure_faiss()
         cid = f"{s.kafka.client_id}-{self.worker_id}"
