@@ -22,11 +22,13 @@ from l2g_core.rerank.l2g import query_weights
 from l2g_core.rerank.smacof import smacof
 
 
-def bench_index(num_frames: int, num_queries: int, features: int, kind: str, seed: int = 0) -> None:
+def bench_index(num_frames: int, num_queries: int, features: int, kind: str, seed: int = 0,
+                segment_seconds: float | None = None) -> None:
     model = SceneModel(num_scenes=max(50, num_frames // 50), features_per_frame=features, local_dim=64,
                        global_dim=256, noise=0.5, global_noise=1.0, seed=seed)
+    extra = {} if segment_seconds is None else {"segment_seconds": segment_seconds}
     index = RollingIndex(IndexConfig(local_dim=64, global_dim=256, bucket_seconds=600.0, retention_seconds=None,
-                                     rerank_features=128, index_kind=kind))  # type: ignore[arg-type]
+                                     rerank_features=128, index_kind=kind, **extra))  # type: ignore[arg-type]
     t0 = time.perf_counter()
     sample = []
     for keys, feats, _ in model.stream(num_frames, batch=2000, num_cameras=8, fps=5.0, start_time=1.7e9):
@@ -51,6 +53,7 @@ def bench_index(num_frames: int, num_queries: int, features: int, kind: str, see
             "bench": "core_scale", "frames": num_frames, "features_per_frame": features, "mode": mode,
             "index_kind": stats.kind, "index_features": stats.features, "index_mb": round(stats.nbytes / 2**20, 1),
             "index_bytes_per_frame": round(stats.nbytes / max(stats.frames, 1)), "shards": stats.shards,
+            "search_units": getattr(stats, "segments", 0) or stats.shards,
             "codec": type(index.template).__name__ if index.template is not None else "IndexFlatIP",
             "build_s": round(build_s, 1), "queries": len(queries), "shortlist": cfg.shortlist,
             "rerank_k": cfg.rerank_k,
@@ -100,6 +103,8 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=256)
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivfpq"])
     parser.add_argument("--skip-smacof", action="store_true")
+    parser.add_argument("--segment-seconds", type=float, default=None,
+                        help="IndexConfig.segment_seconds (default: the IndexConfig default)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     configure_faiss()  # process-wide FAISS settings, as the worker applies them
@@ -109,7 +114,7 @@ def main() -> None:
         for kind in args.kinds:
             if kind == "flat" and size * args.features > 8_000_000:
                 continue  # exact search at this size needs more memory than the machine has to spare
-            bench_index(size, args.queries, args.features, kind)
+            bench_index(size, args.queries, args.features, kind, segment_seconds=args.segment_seconds)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,10 @@ class IndexConfig:
         local_dim: dimension D of local descriptors.
         global_dim: dimension G of global descriptors.
         bucket_seconds: width of a time bucket; retention drops whole buckets.
+        segment_seconds: once compressed, the local descriptors of one camera over this span (a whole number of
+            buckets, at least one) share one IVF-PQ index, a *segment*, which stage 1 searches as one unit: the
+            cost of a search is mostly fixed per (query descriptor, index), so longer segments are faster to
+            search; a snapshot rewrites a segment whenever it changes (new frames, or a bucket retention drops).
         retention_seconds: frames older than their camera's ``newest event time - retention_seconds`` are
             evicted (each camera keeps its own window: no camera's clock evicts another's frames); ``None`` keeps
             everything.
@@ -58,6 +62,7 @@ class IndexConfig:
     local_dim: int
     global_dim: int
     bucket_seconds: float = 60.0
+    segment_seconds: float = 21600.0
     retention_seconds: float | None = 3600.0
     max_features_per_frame: int = 512
     rerank_features: int = 128
@@ -70,7 +75,7 @@ class IndexConfig:
     device: Device = "auto"
 
     def __post_init__(self) -> None:
-        _positive(self, "local_dim", "global_dim", "bucket_seconds", "max_features_per_frame",
+        _positive(self, "local_dim", "global_dim", "bucket_seconds", "segment_seconds", "max_features_per_frame",
                   "rerank_features", "compress_after", "ivf_lists", "pq_bytes", "nprobe", "train_size")
         if self.retention_seconds is not None:
             _positive(self, "retention_seconds")
@@ -78,6 +83,13 @@ class IndexConfig:
         _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
         _require(self.local_dim % self.pq_bytes == 0 or self.index_kind != "ivfpq",
                  f"local_dim {self.local_dim} must be a multiple of pq_bytes {self.pq_bytes}")
+        _require(self.segment_seconds >= self.bucket_seconds,
+                 f"segment_seconds {self.segment_seconds} is shorter than bucket_seconds {self.bucket_seconds}")
+
+    @property
+    def buckets_per_segment(self) -> int:
+        """Time buckets per segment: ``floor(segment_seconds / bucket_seconds)``, at least 1."""
+        return max(1, math.floor(self.segment_seconds / self.bucket_seconds + 1e-9))
 
 
 @dataclass(frozen=True)
@@ -85,7 +97,8 @@ class RetrievalConfig:
     """Parameters of the four retrieval modes.
 
     Stage 1 (local search, CANN-style Chamfer):
-        neighbors: nearest indexed features retrieved per query feature and shard.
+        neighbors: nearest indexed features retrieved per query feature and search unit (a segment of a
+            compressed index, see ``IndexConfig.segment_seconds``, or a flat shard).
         query_features: strongest query features used.
         kernel_tau, kernel_alpha: per-match similarity kernel
             ``k(s) = max(0, (s - tau) / (1 - tau)) ** alpha``; tau=0, alpha=1 is plain Chamfer.

@@ -1,7 +1,11 @@
-"""Stage 1 over one rolling index: local (kernel Chamfer over FAISS neighbours) or global (cosine), as planned."""
+"""Stage 1 over one rolling index: local (kernel Chamfer over FAISS neighbours) or global (cosine), as planned.
+
+The search units are the index's segments (a compressed index: one IVF-PQ index per camera and
+``segment_seconds``) and its flat shards; each unit is searched once for the shards selected in it."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Collection
 from dataclasses import replace
@@ -12,14 +16,34 @@ from l2g_core.candidates import Candidates, Coverage
 from l2g_core.chamfer import aggregate_neighbors
 from l2g_core.config import RetrievalConfig
 from l2g_core.index.rolling import RollingIndex
-from l2g_core.index.shard import CoarseAssignment, Shard
+from l2g_core.index.segment import BUCKET_SHIFT, CoarseAssignment, Segment
+from l2g_core.index.shard import Shard
 from l2g_core.plan import SearchPlan, Stage
 from l2g_core.prepared import PreparedQuery
 from l2g_core.types import FloatArray
 
 __all__ = ["global_candidates", "local_candidates", "stage1"]
 
-ShardScorer = Callable[[Shard], FloatArray]
+UnitScorer = Callable[[Segment | None, list[Shard]], list[FloatArray]]
+"""Scores the frames of the selected ``shards`` of one search unit (their segment, or None for one flat shard):
+one ``(len(shard),)`` float32 array per shard."""
+
+
+def _units(index: RollingIndex, shards: list[Shard]) -> list[tuple[Segment | None, list[Shard]]]:
+    """``shards`` (newest first) grouped by search unit: per segment its selected shards (oldest bucket first),
+    every flat shard alone; in the order of each unit's newest shard."""
+    units: list[tuple[Segment | None, list[Shard]]] = []
+    where: dict[int, int] = {}
+    for shard in shards:
+        segment = index.segment(shard)
+        if segment is None:
+            units.append((None, [shard]))
+        elif id(segment) in where:
+            units[where[id(segment)]][1].append(shard)
+        else:
+            where[id(segment)] = len(units)
+            units.append((segment, [shard]))
+    return [(g, sorted(members, key=lambda s: s.id.bucket)) for g, members in units]
 
 
 def _in_time(shard: Shard, time_range: tuple[float, float] | None) -> np.ndarray:
@@ -40,14 +64,15 @@ def _top(scores: FloatArray, limit: int) -> np.ndarray:
 
 def _collect(
     index: RollingIndex,
-    scorer: ShardScorer,
+    scorer: UnitScorer,
     stage: Stage,
     limit: int,
     cameras: Collection[str] | None,
     time_range: tuple[float, float] | None,
     deadline: float | None,
 ) -> Candidates:
-    """Score the frames of every selected shard (newest first) and keep the best ``limit`` over all of them."""
+    """Score the frames of every selected shard (unit by unit, newest first) and keep the best ``limit`` over all
+    of them."""
     with index.locked():
         shards = index.select(cameras, time_range)
         total_frames = sum(len(s) for s in shards)
@@ -57,20 +82,22 @@ def _collect(
         owners: list[np.ndarray] = []  # per searched shard: (n_i,) int64 shard position, repeated
         frames: list[np.ndarray] = []  # (n_i,) int64 frame numbers within the shard
         scored: list[FloatArray] = []  # (n_i,) float32 scores
-        for shard in shards:
+        order: list[Shard] = []  # searched shards, in the order their candidates were collected
+        for segment, members in _units(index, shards):
             if deadline is not None and time.monotonic() > deadline and searched:
                 notes.append(f"deadline: {searched} of {len(shards)} shards searched")
                 break
-            scores = scorer(shard)
-            mask = _in_time(shard, time_range)
-            idx = np.flatnonzero(mask & (scores > 0)) if stage == "local" else np.flatnonzero(mask)
-            if idx.size > limit:
-                idx = idx[_top(scores[idx], limit)]
-            owners.append(np.full(idx.size, searched, np.int64))
-            frames.append(idx)
-            scored.append(scores[idx].astype(np.float32))
-            searched += 1
-            frames_searched += len(shard)
+            for shard, scores in zip(members, scorer(segment, members), strict=True):
+                mask = _in_time(shard, time_range)
+                idx = np.flatnonzero(mask & (scores > 0)) if stage == "local" else np.flatnonzero(mask)
+                if idx.size > limit:
+                    idx = idx[_top(scores[idx], limit)]
+                owners.append(np.full(idx.size, searched, np.int64))
+                frames.append(idx)
+                scored.append(scores[idx].astype(np.float32))
+                order.append(shard)
+                searched += 1
+                frames_searched += len(shard)
         stamps = [(float(s.timestamps.min()), float(s.timestamps.max())) for s in index.shards() if len(s)]
         coverage = Coverage(
             frames_searched=frames_searched, frames_total=total_frames, shards_searched=searched,
@@ -82,7 +109,7 @@ def _collect(
         best = _top(all_scores, limit)
         owner = np.concatenate(owners)[best] if owners else best
         frame = np.concatenate(frames)[best] if frames else best
-        picked = [(shards[o], f) for o, f in zip(owner.tolist(), frame.tolist(), strict=True)]
+        picked = [(order[o], f) for o, f in zip(owner.tolist(), frame.tolist(), strict=True)]
         part = Candidates(
             keys=[shard.keys[f] for shard, f in picked],
             scores=all_scores[best],
@@ -108,9 +135,10 @@ def local_candidates(
 ) -> Candidates:
     """Stage 1: frames ranked by kernel Chamfer similarity to the query's local descriptors.
 
-    Compressed shards that share a coarse quantizer (every shard of one trained template) probe the same lists:
-    the query descriptors are assigned to their lists once, and each such shard scans its own lists
-    (:meth:`Shard.search_preassigned`, the same neighbours as a per-shard search).
+    Each search unit is searched once: a flat shard on its own, a segment for its selected shards (an id range of
+    buckets when the filters leave some of its shards out), ``config.neighbors`` neighbours per query descriptor
+    and unit. Segments share the template's coarse quantizer: the query descriptors are assigned to their lists
+    once, and each segment scans its own lists (:meth:`Segment.search`).
 
     Args:
         index: the rolling index.
@@ -118,7 +146,7 @@ def local_candidates(
         config: neighbours per feature and kernel.
         limit: candidates returned.
         cameras, time_range: filters (None = all).
-        deadline: ``time.monotonic()`` value after which no further shard is searched.
+        deadline: ``time.monotonic()`` value after which no further unit is searched.
 
     Returns:
         Candidates with ``stage="local"`` and scores in ``[0, 1]``.
@@ -127,17 +155,31 @@ def local_candidates(
     query = np.ascontiguousarray(query, dtype=np.float32)
     assignments: dict[str, CoarseAssignment] = {}
 
-    def score(shard: Shard) -> FloatArray:
-        key = shard.coarse_key
-        if key is None:
-            sims, frames = shard.search(query, config.neighbors)
-        else:
-            if key not in assignments:
-                assignments[key] = shard.assign(query)
-            sims, frames = shard.search_preassigned(query, config.neighbors, assignments[key])
-        sums = aggregate_neighbors(sims, frames, len(shard), tau=config.kernel_tau, alpha=config.kernel_alpha)
+    def aggregate(sims: FloatArray, frames: np.ndarray, num_frames: int) -> FloatArray:
+        sums = aggregate_neighbors(sims, frames, num_frames, tau=config.kernel_tau, alpha=config.kernel_alpha)
         out: FloatArray = (sums / nq).astype(np.float32)
         return out
+
+    def score(segment: Segment | None, shards: list[Shard]) -> list[FloatArray]:
+        if segment is None:
+            (shard,) = shards
+            return [aggregate(*shard.search(query, config.neighbors), len(shard))]
+        key = segment.coarse_key
+        if key not in assignments:
+            assignments[key] = segment.assign(query)
+        first, last = shards[0].id.bucket, shards[-1].id.bucket
+        whole = len(shards) == len(segment.buckets)
+        sims, ids = segment.search(query, config.neighbors, assignments[key], None if whole else (first, last))
+        # feature id -> position among the selected shards' frames (oldest bucket first); -1: not selected
+        base = np.full(last - first + 1, -1, np.int64)
+        sizes = np.cumsum([0] + [len(s) for s in shards])
+        base[[s.id.bucket - first for s in shards]] = sizes[:-1]
+        offset = (ids >> BUCKET_SHIFT) - (first - segment.first_bucket)
+        inside = (ids >= 0) & (offset >= 0) & (offset < base.size)
+        start = np.where(inside, base[np.where(inside, offset, 0)], -1)
+        frames = np.where(start >= 0, start + (ids & ((1 << BUCKET_SHIFT) - 1)), -1)
+        sums = aggregate(sims, frames, int(sizes[-1]))
+        return [sums[a:b] for a, b in itertools.pairwise(sizes.tolist())]
 
     return _collect(index, score, "local", limit, cameras, time_range, deadline)
 
@@ -153,8 +195,8 @@ def global_candidates(
 ) -> Candidates:
     """Frames ranked by cosine similarity of global descriptors (``query_global``: ``(G,)`` float32 unit)."""
 
-    def score(shard: Shard) -> FloatArray:
-        return (shard.globals @ query_global).astype(np.float32)
+    def score(segment: Segment | None, shards: list[Shard]) -> list[FloatArray]:
+        return [(shard.globals @ query_global).astype(np.float32) for shard in shards]
 
     return _collect(index, score, "global", limit, cameras, time_range, deadline)
 

@@ -407,6 +407,8 @@ class CandidatePartial(_Schema):
         latency_ms: this worker's ``queue``, ``decode_image``, ``extract`` and ``stage1`` times.
         query_features: what stage 2 needs of the query (in the first message of each worker's answer).
         notes: approximations this worker made (e.g. query features cut to fit the message size).
+        unindexed_cameras: cameras named by the query of which no partition this worker owns holds a frame (the
+            merger names those that no worker answering holds: a camera never indexed, or a typo).
         error, error_reason: the query cannot be answered (and why, machine-readable).
         dead_letter: the dead letter the merger publishes for a bad query.
     """
@@ -431,6 +433,7 @@ class CandidatePartial(_Schema):
     latency_ms: dict[str, float] = Field(default_factory=dict)
     query_features: QueryFeatures | None = None
     notes: list[str] = Field(default_factory=list)
+    unindexed_cameras: list[str] = Field(default_factory=list, max_length=10_000)
     error: str | None = None
     error_reason: str | None = None
     dead_letter: DeadLetter | None = None

@@ -30,19 +30,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from l2g_core import L2GError, Mode, RetrievalConfig
 from stream.errors import ConfigurationError
 
-__all__ = [
-    "ENV_PREFIX",
-    "ExtractorSettings",
-    "HttpSettings",
-    "IndexSettings",
-    "IngestSettings",
-    "KafkaSettings",
-    "QuerySettings",
-    "RuntimeSettings",
-    "Settings",
-    "StorageSettings",
-    "TopicSettings",
-]
+__all__ = ["ENV_PREFIX", "ExtractorSettings", "HttpSettings", "IndexSettings", "IngestSettings", "KafkaSettings",
+           "QuerySettings", "RuntimeSettings", "Settings", "StorageSettings", "TopicSettings", "UiSettings"]
 
 ENV_PREFIX = "L2G_"
 _CONFIG_FILE_ENV = f"{ENV_PREFIX}CONFIG_FILE"
@@ -315,6 +304,25 @@ class StorageSettings(_Group):
     blob_dir: Path | None = None
 
 
+class UiSettings(_Group):
+    """The web page of ``l2g-stream ui`` (a separate process that speaks Kafka like any client).
+
+    Attributes:
+        host, port: listen address (port 0 picks a free port; the bound address is printed at start).
+        max_upload_bytes: largest query image accepted; a larger upload is refused and dead-lettered unread.
+        session_ttl_s: a browser session unused this long is forgotten, with its queries and answers.
+        max_queries_per_session: queries (with their images and answers) kept per session.
+        cameras: camera ids offered on the page (any camera id can still be typed).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_upload_bytes: int = Field(8 * 2**20, ge=1_024)
+    session_ttl_s: float = Field(3600.0, gt=0.0)
+    max_queries_per_session: int = Field(50, ge=1)
+    cameras: list[str] = Field(default_factory=list)
+
+
 class RuntimeSettings(_Group):
     """Process-level settings.
 
@@ -413,6 +421,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
 
     @classmethod
     def settings_customise_sources(

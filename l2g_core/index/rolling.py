@@ -1,4 +1,5 @@
-"""RollingIndex: local and global features of recent frames, sharded by camera and time bucket."""
+"""RollingIndex: local and global features of recent frames, sharded by camera and time bucket; once compressed,
+the local descriptors of each camera's consecutive buckets share one search unit (a segment)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from l2g_core.config import IndexConfig
 from l2g_core.errors import ShapeError
 from l2g_core.index import backend
+from l2g_core.index.segment import Segment, SegmentId, new_segment, segment_of
 from l2g_core.index.shard import Shard, ShardId, new_shard
 from l2g_core.types import FrameFeatures, FrameKey
 
@@ -29,6 +31,7 @@ class IndexStats:
 
     Attributes:
         frames, features, shards: counts.
+        segments: search units of a compressed index (0 while flat).
         oldest_timestamp, newest_timestamp: event-time span of the indexed frames (None when empty).
         nbytes: approximate resident bytes.
         kind: ``flat`` or ``ivfpq`` (the kind new shards get).
@@ -41,6 +44,7 @@ class IndexStats:
     newest_timestamp: float | None
     nbytes: int
     kind: str
+    segments: int = 0
 
     @property
     def time_span_seconds(self) -> float:
@@ -73,8 +77,11 @@ class AddReport:
 class RollingIndex:
     """Time-windowed index of frame features.
 
-    Frames are grouped into shards, one per ``(camera, time bucket)``. Retention drops whole shards, which
-    releases their memory; camera and time filters select shards before any search. Duplicates (same
+    Frames are grouped into shards, one per ``(camera, time bucket)``. Once the index is compressed (IVF-PQ), the
+    local descriptors of one camera's shards over ``config.segment_seconds`` live in one
+    :class:`~l2g_core.index.segment.Segment`, which stage 1 searches as one unit. Retention drops whole shards
+    (and their features from their segment: one id range), which releases their memory; camera and time filters
+    select shards before any search, and segments search only the selected shards' id ranges. Duplicates (same
     ``(camera_id, sequence)``) are skipped, which makes at-least-once delivery idempotent. All methods are
     thread-safe: searches and appends serialise on one re-entrant lock.
 
@@ -86,6 +93,7 @@ class RollingIndex:
         self.config = config
         self._lock = threading.RLock()
         self._shards: dict[ShardId, Shard] = {}
+        self._segments: dict[SegmentId, Segment] = {}
         self._where: dict[tuple[str, int, int], ShardId] = {}
         self._newest: float | None = None
         self._newest_by_camera: dict[str, float] = {}
@@ -121,6 +129,17 @@ class RollingIndex:
         """Newest event time ever added (the retention watermark)."""
         return self._newest
 
+    def segment(self, shard: Shard) -> Segment | None:
+        """The segment holding a compressed shard's descriptors (None for a flat shard)."""
+        if shard.index is not None:
+            return None
+        return self._segments[segment_of(shard.id.camera_id, shard.id.bucket, self.config)]
+
+    def segments(self) -> list[Segment]:
+        """All segments (search units of a compressed index)."""
+        with self._lock:
+            return sorted(self._segments.values(), key=lambda g: (-g.id.number, g.id.camera_id))
+
     def shards(self) -> list[Shard]:
         """All shards, newest bucket first."""
         with self._lock:
@@ -151,8 +170,10 @@ class RollingIndex:
                 shards=len(self._shards),
                 oldest_timestamp=min(a for a, _ in stamps) if stamps else None,
                 newest_timestamp=max(b for _, b in stamps) if stamps else None,
-                nbytes=sum(s.nbytes() for s in self._shards.values()),
+                nbytes=sum(s.nbytes() for s in self._shards.values())
+                + sum(g.nbytes() for g in self._segments.values()),
                 kind="flat" if self._template is None else "ivfpq",
+                segments=len(self._segments),
             )
 
     # ------------------------------------------------------------------ writes
@@ -177,8 +198,8 @@ class RollingIndex:
         return newest - self.config.retention_seconds
 
     @classmethod
-    def from_shards(cls, config: IndexConfig, shards: Iterable[Shard], template: faiss.Index | None = None
-                    ) -> RollingIndex:
+    def from_shards(cls, config: IndexConfig, shards: Iterable[Shard], template: faiss.Index | None = None,
+                    segments: Iterable[Segment] = ()) -> RollingIndex:
         """An index holding fully built ``shards`` (e.g. restored from a snapshot by
         :func:`l2g_core.index.persistence.load_index`).
 
@@ -186,11 +207,25 @@ class RollingIndex:
             config: the index configuration (the shards' dimensions).
             shards: shards with distinct ids, built for ``config``.
             template: the trained IVF-PQ codec of compressed shards (None while the index is flat).
+            segments: the segments holding the compressed shards' descriptors.
+
+        Raises:
+            ValueError: a compressed shard has no segment, or a segment no shard.
         """
         index = cls(config)
         index._template = template
+        index._segments = {g.id: g for g in segments}
         for shard in shards:
             index._attach(shard)
+        needed: set[SegmentId] = set()
+        for shard in index._shards.values():
+            if shard.index is None:
+                gid = segment_of(shard.id.camera_id, shard.id.bucket, config)
+                needed.add(gid)
+                if gid in index._segments:
+                    index._segments[gid].buckets.add(shard.id.bucket)
+        if needed != set(index._segments):
+            raise ValueError(f"segments {sorted(set(index._segments) ^ needed)} do not match the compressed shards")
         return index
 
     def add(self, keys: Sequence[FrameKey], features: Sequence[FrameFeatures]) -> AddReport:
@@ -235,9 +270,10 @@ class RollingIndex:
             for sid, (gkeys, gfeats) in groups.items():
                 shard = self._shards.get(sid)
                 if shard is None:
-                    shard = self._shards[sid] = new_shard(sid, self.config, self._template)
+                    shard = self._shards[sid] = (new_shard(sid, self.config) if self._template is None
+                                                 else Shard(sid, self.config, None))
                 before = shard.num_features
-                shard.add(gkeys, gfeats)
+                shard.add(gkeys, gfeats, self._segment_for(sid))
                 self._features += shard.num_features - before
                 for key in gkeys:
                     self._where[key.dedup_key] = sid
@@ -260,7 +296,20 @@ class RollingIndex:
         LOG.info("training IVF-PQ on %d of %d features", sample.shape[0], pool.shape[0])
         self._template = backend.train_ivfpq(sample, self.config)
         for shard in flat:
-            shard.compress(self._template)
+            segment = self._segment_for(shard.id)
+            assert segment is not None
+            shard.compress(segment)
+
+    def _segment_for(self, sid: ShardId) -> Segment | None:
+        """The segment of shard ``sid`` (created when missing) once the index is compressed, else None."""
+        if self._template is None:
+            return None
+        gid = segment_of(sid.camera_id, sid.bucket, self.config)
+        segment = self._segments.get(gid)
+        if segment is None:
+            segment = self._segments[gid] = new_segment(gid, self.config, self._template)
+        segment.buckets.add(sid.bucket)
+        return segment
 
     def _attach(self, shard: Shard) -> None:
         with self._lock:
@@ -291,6 +340,13 @@ class RollingIndex:
         with self._lock:
             for sid in expired:
                 shard = self._shards.pop(sid)
+                if shard.index is None:
+                    segment = self._segments[segment_of(sid.camera_id, sid.bucket, self.config)]
+                    segment.buckets.discard(sid.bucket)
+                    if segment.buckets:
+                        segment.remove_bucket(sid.bucket)
+                    else:
+                        del self._segments[segment.id]  # its last shard: drop it whole
                 for key in shard.keys:
                     self._where.pop(key.dedup_key, None)
                 self._features -= shard.num_features

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import faiss
 import numpy as np
 
 from l2g_core.config import IndexConfig
 from l2g_core.index import backend
-from l2g_core.types import FloatArray, FrameFeatures, FrameKey
+from l2g_core.index.segment import Segment
+from l2g_core.types import FloatArray, FrameFeatures, FrameKey, FrameSource
 
-__all__ = ["CoarseAssignment", "Shard", "ShardId", "new_shard"]
+__all__ = ["Shard", "ShardId", "new_shard"]
 
 
 @dataclass(frozen=True, order=True)
@@ -25,30 +25,20 @@ class ShardId:
     bucket: int
 
 
-class CoarseAssignment(NamedTuple):
-    """The inverted lists a batch of query descriptors probes in a compressed shard.
-
-    Attributes:
-        lists: ``(Q, nprobe)`` int64 list numbers (``-1`` where fewer lists exist).
-        sims: ``(Q, nprobe)`` float32 inner products of the queries with those lists' centroids.
-    """
-
-    lists: np.ndarray
-    sims: FloatArray
-
-
 class Shard:
-    """Frames of one camera in one time bucket, with their own FAISS index.
+    """Frames of one camera in one time bucket.
 
-    Local descriptors of all frames live in ``index`` (ids are shard-local feature numbers);
-    ``feature_frame[i]`` is the frame number of feature ``i``. Per frame the shard also keeps its key,
-    global descriptor and the strongest ``rerank_features`` descriptors (float16) with their keypoints,
-    which stage 2 and the geometric baseline use.
+    While the index is flat, the shard's local descriptors live in its own exact ``index`` (ids are shard-local
+    feature numbers; ``feature_frame[i]`` is the frame number of feature ``i``). Once the index is compressed,
+    ``index`` is None and the descriptors live in the camera's :class:`~l2g_core.index.segment.Segment` (ids
+    encode this shard's bucket and the frame number). Per frame the shard keeps its key, global descriptor and the
+    strongest ``rerank_features`` descriptors (float16) with their keypoints, which stage 2 and the geometric
+    baseline use.
 
     Not thread-safe: :class:`~l2g_core.index.rolling.RollingIndex` serialises access.
     """
 
-    def __init__(self, shard_id: ShardId, config: IndexConfig, index: faiss.Index) -> None:
+    def __init__(self, shard_id: ShardId, config: IndexConfig, index: faiss.Index | None) -> None:
         self.id = shard_id
         self.config = config
         self.index = index
@@ -57,19 +47,17 @@ class Shard:
         self.rerank_keypoints: list[FloatArray] = []  # per frame (n_i, 2) float32
         self.image_sizes: list[tuple[int, int]] = []
         self._globals: list[FloatArray] = []
-        self._feature_frame: list[np.ndarray] = []
+        self._feature_counts: list[int] = []  # per frame: local features indexed
         self._cache_globals: FloatArray | None = None
         self._cache_feature_frame: np.ndarray | None = None
         self._cache_timestamps: np.ndarray | None = None
         self.num_features = 0
         self.version = 0
-        self._coarse_of: faiss.Index | None = None  # the index ``_coarse_key`` was computed for
-        self._coarse_key: str | None = None
 
     @property
     def kind(self) -> str:
-        """``flat`` or ``ivfpq``."""
-        return "ivfpq" if isinstance(self.index, faiss.IndexIVF) else "flat"
+        """``flat`` (own exact index) or ``ivfpq`` (descriptors in a segment)."""
+        return "flat" if self.index is not None else "ivfpq"
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -84,12 +72,16 @@ class Shard:
         return self._cache_globals
 
     @property
+    def feature_counts(self) -> np.ndarray:
+        """``(F,)`` int64: local features indexed per frame."""
+        return np.array(self._feature_counts, dtype=np.int64)
+
+    @property
     def feature_frame(self) -> np.ndarray:
-        """``(num_features,)`` int64: frame number of each indexed feature."""
+        """``(num_features,)`` int64: frame number of each indexed feature, in the order they were indexed."""
         if self._cache_feature_frame is None:
-            self._cache_feature_frame = (
-                np.concatenate(self._feature_frame) if self._feature_frame else np.zeros(0, np.int64)
-            )
+            self._cache_feature_frame = np.repeat(np.arange(len(self._feature_counts), dtype=np.int64),
+                                                  self.feature_counts)
         return self._cache_feature_frame
 
     @property
@@ -105,14 +97,27 @@ class Shard:
         start = self.id.bucket * self.config.bucket_seconds
         return start, start + self.config.bucket_seconds
 
-    def add(self, keys: Sequence[FrameKey], features: Sequence[FrameFeatures]) -> None:
-        """Append frames (already de-duplicated and trimmed to ``max_features_per_frame``)."""
+    def add(self, keys: Sequence[FrameKey], features: Sequence[FrameFeatures], segment: Segment | None = None
+            ) -> None:
+        """Append frames (already de-duplicated and trimmed to ``max_features_per_frame``).
+
+        Args:
+            keys, features: one per frame.
+            segment: where a compressed shard's descriptors go (the segment of this shard's camera and bucket);
+                ignored by a flat shard.
+        """
         descs = [f.descriptors for f in features]
         frame0 = len(self.keys)
         counts = np.array([d.shape[0] for d in descs], dtype=np.int64)
         if counts.sum():
-            self.index.add(np.ascontiguousarray(np.concatenate(descs), dtype=np.float32))
-        self._feature_frame.append(np.repeat(np.arange(frame0, frame0 + len(keys), dtype=np.int64), counts))
+            stacked = np.ascontiguousarray(np.concatenate(descs), dtype=np.float32)
+            if self.index is not None:
+                self.index.add(stacked)
+            else:
+                assert segment is not None, "a compressed shard adds to its segment"
+                segment.add(self.id.bucket, stacked,
+                            np.repeat(np.arange(frame0, frame0 + len(keys), dtype=np.int64), counts))
+        self._feature_counts.extend(counts.tolist())
         for key, feat in zip(keys, features, strict=True):
             strongest = feat.top(self.config.rerank_features)
             self.keys.append(key)
@@ -125,7 +130,8 @@ class Shard:
         self.version += 1
 
     def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, np.ndarray]:
-        """Nearest indexed features of each query descriptor.
+        """Nearest indexed features of each query descriptor (a flat shard; a compressed one is searched through
+        its segment).
 
         Args:
             queries: ``(Q, D)`` float32 unit vectors.
@@ -134,7 +140,12 @@ class Shard:
         Returns:
             ``(sims, frames)``: ``(Q, k')`` float32 inner products (descending per row) and ``(Q, k')`` int64
             frame numbers, ``-1`` where fewer than ``k'`` neighbours exist.
+
+        Raises:
+            TypeError: the shard is compressed.
         """
+        if self.index is None:
+            raise TypeError(f"shard {self.id} is compressed: search its segment")
         kk = min(k, self.num_features)
         if kk == 0:
             return np.zeros((queries.shape[0], 0), np.float32), np.zeros((queries.shape[0], 0), np.int64)
@@ -142,171 +153,124 @@ class Shard:
         frames = np.where(ids >= 0, self.feature_frame[np.maximum(ids, 0)], -1)
         return sims, frames
 
-    @property
-    def coarse_key(self) -> str | None:
-        """Identity of the coarse quantizer (its centroids) and ``nprobe`` of a compressed CPU shard, else ``None``.
-
-        Shards with the same key probe the same lists for the same query, so one :meth:`assign` serves them all
-        (every shard compressed into one template has the template's key).
-        """
-        if self._coarse_of is not self.index:
-            self._coarse_of, self._coarse_key = self.index, None
-            if isinstance(self.index, faiss.IndexIVF):
-                ivf: Any = self.index
-                quantizer: Any = faiss.downcast_index(ivf.quantizer)
-                if isinstance(quantizer, faiss.IndexFlat):
-                    centroids = faiss.rev_swig_ptr(quantizer.get_xb(), quantizer.ntotal * quantizer.d)
-                    digest = hashlib.blake2b(np.ascontiguousarray(centroids).tobytes(), digest_size=16)
-                    digest.update(f"{type(quantizer).__name__}/{quantizer.metric_type}".encode())
-                    self._coarse_key = digest.hexdigest()
-        if self._coarse_key is None:
-            return None
-        ivf_now: Any = self.index
-        nprobe: int = ivf_now.nprobe  # read live: it may be tuned after compression
-        return f"{self._coarse_key}/{nprobe}"
-
-    def assign(self, queries: FloatArray) -> CoarseAssignment:
-        """The lists of this shard's coarse quantizer that ``queries`` ``(Q, D)`` float32 probe (``nprobe`` each).
-
-        Raises:
-            TypeError: the shard is not compressed.
-        """
-        if self.coarse_key is None:
-            raise TypeError("only a compressed shard has a coarse quantizer")
-        ivf: Any = self.index
-        sims, lists = ivf.quantizer.search(queries, ivf.nprobe)
-        return CoarseAssignment(lists, sims)
-
-    def search_preassigned(self, queries: FloatArray, k: int, assignment: CoarseAssignment
-                           ) -> tuple[FloatArray, np.ndarray]:
-        """:meth:`search` of a compressed shard with the queries' lists already assigned (identical results).
-
-        Args:
-            queries: ``(Q, D)`` float32 unit vectors.
-            k: neighbours per query (clipped to the shard size).
-            assignment: :meth:`assign` of ``queries`` by this shard or one with the same :attr:`coarse_key`.
-
-        Returns:
-            As :meth:`search`.
-        """
-        kk = min(k, self.num_features)
-        if kk == 0:
-            return np.zeros((queries.shape[0], 0), np.float32), np.zeros((queries.shape[0], 0), np.int64)
-        ivf: Any = self.index
-        sims, ids = ivf.search_preassigned(queries, kk, assignment.lists, assignment.sims)
-        frames = np.where(ids >= 0, self.feature_frame[np.maximum(ids, 0)], -1)
-        return sims, frames
-
     def raw_descriptors(self) -> FloatArray | None:
-        """``(num_features, D)`` float32 copy of a flat index's vectors; ``None`` for a compressed index."""
-        if self.kind != "flat":
+        """``(num_features, D)`` float32 copy of a flat index's vectors; ``None`` for a compressed shard."""
+        if self.index is None:
             return None
         cpu = self.index if isinstance(self.index, faiss.IndexFlat) else faiss.index_gpu_to_cpu(self.index)
         flat: Any = cpu
         raw: FloatArray = faiss.rev_swig_ptr(flat.get_xb(), self.num_features * self.config.local_dim)
         return raw.reshape(self.num_features, self.config.local_dim).copy()
 
-    def compress(self, template: faiss.Index) -> None:
-        """Move a flat shard's vectors into a clone of the trained IVF-PQ ``template``."""
+    def compress(self, segment: Segment) -> None:
+        """Move a flat shard's vectors into ``segment`` (its camera's, trained) and drop its own index."""
         raw = self.raw_descriptors()
         if raw is None:
             return
-        index = faiss.clone_index(template)
-        if raw.shape[0]:
-            index.add(raw)
-        self.index = index
+        segment.add(self.id.bucket, raw, self.feature_frame)
+        self.index = None
+        self._cache_feature_frame = None
         self.version += 1
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The shard's content as named arrays (what a snapshot stores); inverse of :meth:`from_arrays`.
 
         Keys: ``timestamps``, ``sequences``, ``globals``, ``feature_counts`` (features per frame),
-        ``rerank_counts``, ``rerank_descriptors``, ``rerank_keypoints``, ``image_sizes``, and either
-        ``descriptors`` (a flat index's raw vectors) or ``index_blob`` (a compressed index, serialised).
+        ``rerank_counts``, ``rerank_descriptors`` (float16), ``rerank_keypoints``, ``image_sizes``, and for a flat
+        shard ``descriptors`` (its raw vectors; a compressed shard's codes are stored with its segment).
         """
-        counts = np.bincount(self.feature_frame, minlength=len(self)).astype(np.int64)
         arrays = {
             "timestamps": self.timestamps,
             "sequences": np.array([k.sequence for k in self.keys], dtype=np.int64),
             "globals": self.globals,
-            "feature_counts": counts,
+            "feature_counts": self.feature_counts,
             "rerank_counts": np.array([d.shape[0] for d in self.rerank_descriptors], dtype=np.int64),
             "rerank_descriptors": np.concatenate(self.rerank_descriptors)
             if self.rerank_descriptors else np.zeros((0, self.config.local_dim), np.float16),
             "rerank_keypoints": np.concatenate(self.rerank_keypoints)
             if self.rerank_keypoints else np.zeros((0, 2), np.float32),
             "image_sizes": np.array(self.image_sizes, dtype=np.int64).reshape(-1, 2),
+            "sources": _source_array(self.keys),
         }
         raw = self.raw_descriptors()
         if raw is not None:
             arrays["descriptors"] = raw
-        else:
-            arrays["index_blob"] = backend.serialize(self.index)
         return arrays
 
     @classmethod
     def from_arrays(cls, shard_id: ShardId, config: IndexConfig, arrays: Mapping[str, np.ndarray], *,
-                    template: faiss.Index | None = None, version: int = 0) -> Shard:
+                    segment: Segment | None = None, version: int = 0) -> Shard:
         """Rebuild a shard from :meth:`to_arrays` output.
 
         Args:
             shard_id, config: the shard's id and its index's configuration.
-            arrays: the named arrays.
-            template: the index's trained IVF-PQ codec, if any; raw descriptors are compressed into it.
+            arrays: the named arrays; without ``descriptors`` the shard is compressed (its codes are already in
+                its segment).
+            segment: for a flat shard of a compressed index, the segment its descriptors are moved into.
             version: the version the rebuilt shard carries (a snapshot keeps the saved one, so the next change
                 gets a new version).
 
         Raises:
             KeyError: an array is missing; ValueError: the arrays are inconsistent.
         """
-        shard = new_shard(shard_id, config, None)
-        if "index_blob" in arrays:
-            shard.index = backend.deserialize(arrays["index_blob"])
-            shard.num_features = int(shard.index.ntotal)
-        elif arrays["descriptors"].shape[0]:
-            shard.index.add(np.ascontiguousarray(arrays["descriptors"], dtype=np.float32))
-            shard.num_features = int(arrays["descriptors"].shape[0])
-        if template is not None and "descriptors" in arrays:
-            shard.compress(template)
-        counts = arrays["feature_counts"]
-        shard._feature_frame = [np.repeat(np.arange(len(counts), dtype=np.int64), counts)]
+        counts = np.asarray(arrays["feature_counts"], dtype=np.int64)
+        if "descriptors" in arrays:
+            shard = new_shard(shard_id, config)
+            if arrays["descriptors"].shape[0] != int(counts.sum()):
+                raise ValueError(f"shard {shard_id}: {arrays['descriptors'].shape[0]} descriptors, "
+                                 f"feature counts sum to {int(counts.sum())}")
+            if arrays["descriptors"].shape[0]:
+                assert shard.index is not None
+                shard.index.add(np.ascontiguousarray(arrays["descriptors"], dtype=np.float32))
+        else:
+            shard = cls(shard_id, config, None)
+        shard.num_features = int(counts.sum())
+        shard._feature_counts = counts.tolist()
+        if segment is not None:
+            shard.compress(segment)
+        sources = _sources(arrays.get("sources"), len(arrays["timestamps"]))  # absent in older snapshots
         shard.keys = [
-            FrameKey(shard_id.camera_id, float(ts), int(seq))
-            for ts, seq in zip(arrays["timestamps"], arrays["sequences"], strict=True)
+            FrameKey(shard_id.camera_id, float(ts), int(seq), src)
+            for ts, seq, src in zip(arrays["timestamps"], arrays["sequences"], sources, strict=True)
         ]
         shard._globals = list(arrays["globals"].astype(np.float32))
         bounds = np.cumsum(arrays["rerank_counts"])[:-1]
         shard.rerank_descriptors = list(np.split(arrays["rerank_descriptors"], bounds))
         shard.rerank_keypoints = list(np.split(arrays["rerank_keypoints"].astype(np.float32), bounds))
         shard.image_sizes = [(int(h), int(w)) for h, w in arrays["image_sizes"]]
+        if not len(counts) == len(shard.keys) == len(shard._globals) == len(shard.image_sizes):
+            raise ValueError(f"shard {shard_id}: per-frame arrays of different lengths")
         shard._cache_globals = shard._cache_feature_frame = shard._cache_timestamps = None
         shard.version = version
         return shard
 
     def nbytes(self) -> int:
-        """Approximate resident bytes (index codes, id maps, per-frame arrays)."""
-        if self.kind == "flat":
-            index_bytes = self.num_features * self.config.local_dim * 4
-        else:
-            index_bytes = self._code_bytes() + self.num_features * 8  # codes, and an int64 id per feature
+        """Approximate resident bytes of the shard (a flat index's vectors and frame map, per-frame arrays; a
+        compressed shard's codes are counted by its segment)."""
+        index_bytes = self.num_features * (self.config.local_dim * 4 + 8) if self.index is not None else 0
         per_frame = sum(d.nbytes for d in self.rerank_descriptors) + sum(k.nbytes for k in self.rerank_keypoints)
-        return index_bytes + self.num_features * 8 + per_frame + len(self.keys) * (self.config.global_dim * 4 + 64)
+        return index_bytes + per_frame + len(self.keys) * (self.config.global_dim * 4 + 64)
 
 
-    def _code_bytes(self) -> int:
-        """Bytes of a compressed index's codes; fast-scan pads each list to whole blocks of ``bbs`` codes, about
-        half a block per non-empty list (estimated, so that :meth:`nbytes` stays cheap)."""
-        ivf: Any = self.index
-        if isinstance(ivf, faiss.IndexIVFFastScan):
-            padded = self.num_features + min(int(ivf.nlist), self.num_features) * (int(ivf.bbs) - 1) / 2
-            return int(padded * int(ivf.M2) // 2)
-        return self.num_features * int(ivf.code_size)
+def _source_array(keys: Sequence[FrameKey]) -> np.ndarray:
+    """``(F, 5)`` int64 ``(partition, offset, index, width, height)`` of each key's source, ``-1`` rows where
+    unknown (the ``sources`` array of a snapshot)."""
+    out = np.full((len(keys), 5), -1, dtype=np.int64)
+    for i, key in enumerate(keys):
+        src = key.source
+        if src is not None:
+            out[i] = (src.partition, src.offset, src.index, src.width, src.height)
+    return out
 
 
-def new_shard(shard_id: ShardId, config: IndexConfig, template: faiss.Index | None) -> Shard:
-    """An empty shard: flat, or a clone of the trained IVF-PQ template."""
-    if template is not None:
-        index = faiss.clone_index(template)  # already the concrete type; owns its memory
-    else:
-        index = backend.to_device(backend.new_flat(config.local_dim), config)
-    return Shard(shard_id, config, index)
+def _sources(array: np.ndarray | None, n: int) -> list[FrameSource | None]:
+    """Inverse of :func:`_source_array` (``None``: a snapshot written before sources were kept)."""
+    if array is None:
+        return [None] * n
+    rows = np.asarray(array, dtype=np.int64).reshape(n, 5)
+    return [None if row[0] < 0 else FrameSource(*(int(v) for v in row)) for row in rows]
+
+
+def new_shard(shard_id: ShardId, config: IndexConfig) -> Shard:
+    """An empty flat shard (a compressed index's shards are built with ``Shard(shard_id, config, None)``)."""
+    return Shard(shard_id, config, backend.to_device(backend.new_flat(config.local_dim), config))

@@ -205,7 +205,17 @@ class QueryLoop:
             k=item.plan.k, stage=item.plan.stage1, local_dim=dims.local_dim, global_dim=dims.global_dim,
             video_topic=self.settings.topics.video, deadline=item.deadline, sent_at=item.query.sent_at,
             received_at=item.received, notes=notes, query_position=_position_of(item.rec),
+            unindexed_cameras=self._unindexed(item.query.cameras),
         )
+
+    def _unindexed(self, cameras: list[str] | None) -> list[str]:
+        """The cameras of ``cameras`` of which no video partition this worker owns holds a frame."""
+        if not cameras:
+            return []
+        video = self.settings.topics.video
+        held = {shard.id.camera_id for part, index in self.index.items() if part.topic == video
+                for shard in index.select(cameras=cameras)}
+        return sorted(set(cameras) - held)
 
     def _prepare(self, query: Query) -> tuple[PreparedQuery, dict[str, float]]:
         t0 = time.perf_counter()

@@ -225,6 +225,12 @@ class MergeLoop:
             cut_short = cut_short or not ranking.coverage.complete
             matches = [Match(camera_id=h.key.camera_id, frame=int(h.key.sequence), timestamp=float(h.key.timestamp),
                              score=float(h.score), stage_scores=dict(h.stage_scores)) for h in ranking.hits]
+        if pend.unindexed:
+            names = ", ".join(repr(c) for c in sorted(pend.unindexed))
+            notes.append(f"camera {names} has never been indexed by any worker answering (a typo, or no video "
+                         "published for it yet)" if len(pend.unindexed) == 1 else
+                         f"cameras {names} have never been indexed by any worker answering (typos, or no video "
+                         "published for them yet)")
         if pend.features is not None and not any(c.coverage.frames_total for c in pend.complete.values()):
             notes.append("no indexed frame matches the query's cameras and time range (a camera never indexed, or "
                          "outside retention): no match says nothing about the image")

@@ -31,6 +31,8 @@ class PendingQuery:
         complete: per video partition, its whole candidate list.
         skipped: video partitions a worker declared it will not search (it shed the query).
         error: the first error partial (the query itself is bad).
+        unindexed: cameras of the query that no worker answering holds a frame of (the intersection of their
+            ``unindexed_cameras``; None before the first answer).
     """
 
     query_id: str
@@ -52,6 +54,7 @@ class PendingQuery:
     notes: list[str] = field(default_factory=list)
     last_partial: float = 0.0
     error: CandidatePartial | None = None
+    unindexed: set[str] | None = None
 
     @classmethod
     def first(cls, partial: CandidatePartial, retrieval: RetrievalConfig, *, max_budget_s: float) -> PendingQuery:
@@ -122,6 +125,9 @@ class PendingQuery:
             self.features = partial.query_features
         self.notes += [n for n in partial.notes if n not in self.notes]
         self.skipped.update(p for p in partial.skipped_partitions if p not in self.complete)
+        if partial.answer_id not in self.latencies:  # once per worker's answer (its slices repeat the list)
+            theirs = set(partial.unindexed_cameras)
+            self.unindexed = theirs if self.unindexed is None else self.unindexed & theirs
         self.latencies.setdefault(partial.answer_id, dict(partial.latency_ms))
         self.received.setdefault(partial.answer_id, partial.received_at)
         for sec in partial.sections:

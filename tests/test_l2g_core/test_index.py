@@ -225,8 +225,8 @@ def test_shard_round_trips_through_its_arrays(kind: str) -> None:
     queries = np.ascontiguousarray(v.queries[0].descriptors, dtype=np.float32)
     for shard in index.shards():
         arrays = shard.to_arrays()
-        assert ("descriptors" in arrays) == (kind == "flat") and ("index_blob" in arrays) == (kind == "ivfpq")
-        rebuilt = Shard.from_arrays(shard.id, config, arrays, template=index.template, version=shard.version)
+        assert ("descriptors" in arrays) == (kind == "flat")  # a compressed shard's codes are in its segment
+        rebuilt = Shard.from_arrays(shard.id, config, arrays, version=shard.version)
         assert (rebuilt.id, rebuilt.version, rebuilt.kind, len(rebuilt)) == (shard.id, shard.version, kind, len(shard))
         assert rebuilt.keys == shard.keys and rebuilt.image_sizes == shard.image_sizes
         assert rebuilt.num_features == shard.num_features
@@ -237,8 +237,10 @@ def test_shard_round_trips_through_its_arrays(kind: str) -> None:
             np.testing.assert_array_equal(a, b)
         for a, b in zip(rebuilt.rerank_keypoints, shard.rerank_keypoints, strict=True):
             np.testing.assert_array_equal(a, b)
-        for got, want in zip(rebuilt.search(queries, 5), shard.search(queries, 5), strict=True):
-            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(rebuilt.feature_counts, shard.feature_counts)
+        if kind == "flat":
+            for got, want in zip(rebuilt.search(queries, 5), shard.search(queries, 5), strict=True):
+                np.testing.assert_array_equal(got, want)
         again = rebuilt.to_arrays()
         assert again.keys() == arrays.keys()
         for name in arrays:
