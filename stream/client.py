@@ -235,15 +235,24 @@ class QueryClient:
             if remaining <= 0:
                 raise BrokerError(f"no result for query {query_id} within {timeout_s:.1f} s (is a worker running "
                                   f"on {self.settings.kafka.bootstrap_servers}?)")
-            if not self._parts:
-                self._parts = self.source.assign_all(self.settings.topics.results, from_end=False)
-            for rec in self.source.poll(min(remaining, 0.2), 100):
-                try:
-                    res = decode_message(rec.value, rec.headers, QueryResult)
-                except SchemaError:
-                    continue
+            for res in self.poll(min(remaining, 0.2)):
                 self._results.setdefault(res.query_id, []).append(res)
         return self._results[query_id].pop(0)
+
+    def poll(self, timeout_s: float) -> list[QueryResult]:
+        """The results (of any query) read within ``timeout_s``, in order; what is not a result is skipped.
+
+        For a caller that waits for many queries at once (``l2g-stream ui``); :meth:`wait` is built on it.
+        """
+        if not self._parts:  # the results topic did not exist yet: read it from its start once it does
+            self._parts = self.source.assign_all(self.settings.topics.results, from_end=False)
+        out = []
+        for rec in self.source.poll(timeout_s, 100):
+            try:
+                out.append(decode_message(rec.value, rec.headers, QueryResult))
+            except SchemaError:
+                continue
+        return out
 
     def ask(self, image: bytes, *, timeout_s: float | None = None, **fields: object) -> QueryResult:
         """:meth:`send` then :meth:`wait` (waits the query's budget plus 5 s)."""

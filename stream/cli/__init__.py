@@ -8,6 +8,7 @@ Commands::
     l2g-stream publish PATH [--json]      publish a video file or folder as MPEG-TS chunks (one camera per file)
     l2g-stream query IMAGE [--json]       ask where/when IMAGE appears; prints the matches
     l2g-stream extractors [--json]        list the feature extractors, their sizes and option keys
+    l2g-stream ui [--port 8080]           the web page: upload an image, see the answer live (stream.ui)
 
 Global options (before or after the command): ``--config FILE`` (YAML/JSON/TOML), ``--bootstrap HOST:PORT``,
 ``--log-level``, ``--version``. Bad input exits with status 2 and a one-line message; an unreachable broker or a
@@ -31,6 +32,7 @@ from stream.cli.commands import cmd_broker, cmd_demo, cmd_query, cmd_worker
 from stream.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, CliError
 from stream.cli.extractors import cmd_extractors
 from stream.cli.publish import cmd_publish
+from stream.cli.ui import cmd_ui
 from stream.errors import BadInputError, BrokerError, ConfigurationError, StreamError
 from stream.formatting import format_result, format_time
 from stream.runtime import configure_process
@@ -39,7 +41,7 @@ __all__ = ["COMMANDS", "CliError", "build_parser", "format_result", "format_time
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo, "worker": cmd_worker, "broker": cmd_broker, "publish": cmd_publish, "query": cmd_query,
-    "extractors": cmd_extractors,
+    "extractors": cmd_extractors, "ui": cmd_ui,
 }
 
 

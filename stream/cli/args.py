@@ -195,4 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ext = sub.add_parser("extractors", parents=[common], help="list the feature extractors and presets")
     ext.add_argument("--json", action="store_true", help="print the list as JSON")
+
+    from stream.cli.ui import add_ui_parser
+
+    add_ui_parser(sub, common)
     return parser
