@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the names below, imported on first use (``import l2g_core``
     from l2g_core.prepared import PreparedQuery, prepare_query
     from l2g_core.retrieval import Ranking, Retriever, SearchResult, merge_candidates, search, stage2
     from l2g_core.shortlist import stage1
-    from l2g_core.types import FrameFeatures, FrameKey, Hit, l2_normalize
+    from l2g_core.types import FrameFeatures, FrameKey, FrameSource, Hit, l2_normalize
 
 _HOME = {
     "Candidates": "candidates", "Coverage": "candidates",
@@ -34,7 +34,7 @@ _HOME = {
     "Ranking": "retrieval", "Retriever": "retrieval", "SearchResult": "retrieval", "merge_candidates": "retrieval",
     "search": "retrieval", "stage2": "retrieval",
     "stage1": "shortlist",
-    "FrameFeatures": "types", "FrameKey": "types", "Hit": "types", "l2_normalize": "types",
+    "FrameFeatures": "types", "FrameKey": "types", "FrameSource": "types", "Hit": "types", "l2_normalize": "types",
 }
 
 
@@ -56,6 +56,7 @@ __all__ = [
     "Coverage",
     "FrameFeatures",
     "FrameKey",
+    "FrameSource",
     "Hit",
     "IndexConfig",
     "IndexStateError",

@@ -23,12 +23,15 @@ from typing import Literal, get_args
 from l2g_core.config import RetrievalConfig
 from l2g_core.errors import ConfigError
 
-__all__ = ["MAX_K", "MODES", "Mode", "SearchPlan", "Stage", "Transport"]
+__all__ = ["MAX_K", "MODES", "VERIFY_QUERY_FEATURES", "Mode", "SearchPlan", "Stage", "Transport"]
 
 Mode = Literal["global", "global_to_local", "local", "l2g"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 Stage = Literal["local", "global"]
 MAX_K = 10_000
+# query features sent for the geometric proof of the top matches: on real video crops the proof found with the
+# strongest 256 is the one found with 1024 (a frame keeps only ``rerank_features`` = 128 to match against)
+VERIFY_QUERY_FEATURES = 256
 
 
 @dataclass(frozen=True)
@@ -39,8 +42,11 @@ class Transport:
         candidates: candidates kept per index.
         described: how many of them (the best) keep local descriptors.
         descriptors: descriptors kept per described candidate (None: all stored).
-        keypoints: whether keypoints are needed.
+        keypoints: whether keypoints are needed (of every descriptor sent).
         query_features: query features stage 2 uses (None: all).
+        verified: how many of the candidates (the best) keep every stored descriptor, whatever ``described`` and
+            ``descriptors`` say, for the geometric proof of the final top matches (added information: stage 2
+            reads the descriptors it reads without it).
     """
 
     candidates: int
@@ -48,6 +54,7 @@ class Transport:
     descriptors: int | None
     keypoints: bool
     query_features: int | None
+    verified: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,8 @@ class SearchPlan:
         stage1: what stage 1 scores: ``local`` (kernel Chamfer) or ``global`` (cosine).
         shortlist: candidates stage 1 keeps per index, and the merged list keeps over all indexes.
         rerank: the stage-2 re-ranking: ``None``, ``"ransac"`` (global_to_local) or ``"l2g"``.
-        transport: what stage 2 needs of each index's list.
+        transport: what stage 2 needs of each index's list (and the geometric proof of the first ``verify``).
+        verify: final hits that get a geometric proof (0: none); it changes what travels, never the ranking.
     """
 
     mode: Mode
@@ -69,14 +77,34 @@ class SearchPlan:
     shortlist: int
     rerank: Literal["ransac", "l2g"] | None
     transport: Transport
+    verify: int = 0
 
     @classmethod
-    def build(cls, mode: str, k: int, config: RetrievalConfig) -> SearchPlan:
+    def build(cls, mode: str, k: int, config: RetrievalConfig, verify: int = 0) -> SearchPlan:
         """The plan of ``mode`` for ``k`` hits under ``config``.
 
+        ``verify`` > 0 makes the transport carry what the geometric proof of the first ``verify`` final hits needs
+        (keypoints of the descriptors sent, every stored descriptor of each index's best ``verify`` candidates, and
+        at least :data:`VERIFY_QUERY_FEATURES` query features) on top of what the ranking needs. In ``global``,
+        ``local`` and ``global_to_local`` the final top ``verify`` are among those candidates; in ``l2g`` a final
+        hit from lower in an index's list has its proof from the ``graph_features`` descriptors sent for the graph.
+
         Raises:
-            ConfigError: unknown mode or ``k`` outside ``[1, MAX_K]``.
+            ConfigError: unknown mode, ``k`` outside ``[1, MAX_K]`` or a negative ``verify``.
         """
+        if isinstance(verify, bool) or not isinstance(verify, int) or verify < 0:
+            raise ConfigError(f"verify must be an integer >= 0, got {verify!r}")
+        plan = cls._build(mode, k, config)
+        if verify == 0:
+            return plan
+        verify = min(verify, k)
+        t = plan.transport
+        queries = None if t.query_features is None else max(t.query_features, VERIFY_QUERY_FEATURES)
+        transport = Transport(t.candidates, t.described, t.descriptors, True, queries, min(verify, t.candidates))
+        return cls(plan.mode, plan.k, plan.stage1, plan.shortlist, plan.rerank, transport, verify)
+
+    @classmethod
+    def _build(cls, mode: str, k: int, config: RetrievalConfig) -> SearchPlan:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:

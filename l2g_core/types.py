@@ -11,7 +11,7 @@ import numpy.typing as npt
 from l2g_core.checks import check_array
 from l2g_core.errors import ShapeError
 
-__all__ = ["FloatArray", "FrameFeatures", "FrameKey", "Hit", "l2_normalize"]
+__all__ = ["FloatArray", "FrameFeatures", "FrameKey", "FrameSource", "Hit", "l2_normalize"]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -24,6 +24,30 @@ def l2_normalize(x: FloatArray, axis: int = -1) -> FloatArray:
     return out
 
 
+@dataclass(frozen=True)
+class FrameSource:
+    """Where an indexed frame's pixels can be read again (an index keeps features, never pixels).
+
+    Attributes:
+        partition: partition of the log record that carried the frame (in the service: a video partition).
+        offset: offset of that record.
+        index: position of the frame among the record's decoded frames (0-based, every decoded frame counted).
+        width, height: size in pixels of the frame as indexed (the pixel grid of its keypoints); 0 when unknown.
+    """
+
+    partition: int
+    offset: int
+    index: int
+    width: int = 0
+    height: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("partition", "offset", "index", "width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+                raise ShapeError(f"FrameSource.{name} must be a non-negative integer, got {value!r}")
+
+
 @dataclass(frozen=True, order=True)
 class FrameKey:
     """Identity of one indexed frame.
@@ -33,11 +57,14 @@ class FrameKey:
         timestamp: event time of the frame, seconds since the Unix epoch (float).
         sequence: frame number within the camera's stream (a recording); with ``camera_id`` and ``timestamp`` it
             identifies the frame (:attr:`dedup_key`).
+        source: where the frame's pixels can be read again (None: unknown). Not part of the identity: it takes no
+            part in equality, ordering or hashing.
     """
 
     camera_id: str
     timestamp: float
     sequence: int
+    source: FrameSource | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.camera_id, str) or not self.camera_id or len(self.camera_id) > 256:

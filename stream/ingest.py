@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from l2g_core import FrameFeatures, FrameKey
+from l2g_core import FrameFeatures, FrameKey, FrameSource
 from l2g_core.errors import ShapeError
 from plugins.errors import ExtractorInputError
 from stream.deadletter import DeadLetterPublisher
@@ -71,6 +71,11 @@ class IngestStats:
     checkpoints: int = 0
     decode_seconds: float = 0.0
     extract_seconds: float = 0.0
+
+
+def _source(rec: Record, index: int, image: np.ndarray) -> FrameSource:
+    """Where a decoded frame (``(H, W, 3)`` uint8) can be read again: its chunk's record and its position."""
+    return FrameSource(rec.partition, rec.offset, index, int(image.shape[1]), int(image.shape[0]))
 
 
 @dataclass
@@ -338,7 +343,8 @@ class IngestLoop:
         if truncated is not None:  # index what came out, and report the rest (short of the container's count too)
             self._reject(rec, VideoDecodeError(f"{camera} chunk {chunk.sequence}: {truncated}"),
                          reason="truncated_video" if result.truncated or not result.corrupt else "corrupt_frames")
-        return [_Frame(part, FrameKey(camera, chunk.start_time + f.offset, chunk.first_frame + f.index), f.image, rec)
+        return [_Frame(part, FrameKey(camera, chunk.start_time + f.offset, chunk.first_frame + f.index,
+                                      _source(rec, f.index, f.image)), f.image, rec)
                 for f in result.frames]
 
     def _extract(self, frames: list[_Frame]) -> list[FrameFeatures]:

@@ -309,9 +309,10 @@ class CandidateSection(_Schema):
         descriptor_counts: local descriptors sent per candidate (0 in modes that do not re-rank locally).
         descriptors: ``(sum(counts), D)`` float16, each candidate's strongest first.
         keypoints: ``(sum(counts), 2)`` float32, or empty when the mode does not use them.
-        chunk_offsets, chunk_frames: per candidate, the offset of the video chunk record that carried the frame
-            (in ``partition`` of the partial's ``video_topic``) and the frame's position among the chunk's decoded
-            frames; ``-1`` where unknown; both empty when none is known.
+        chunk_offsets, chunk_frames, frame_sizes: per candidate, the offset of the video chunk record that carried
+            the frame (in ``partition`` of the partial's ``video_topic``), the frame's position among the chunk's
+            decoded frames and its ``[width, height]`` as indexed; ``-1`` (``[0, 0]``) where unknown; all three
+            empty when none is known.
         coverage: what the search of the partition covered (repeated in every slice).
     """
 
@@ -328,6 +329,7 @@ class CandidateSection(_Schema):
     keypoints: Base64Payload = b""
     chunk_offsets: list[int] = Field(default_factory=list)
     chunk_frames: list[int] = Field(default_factory=list)
+    frame_sizes: list[tuple[int, int]] = Field(default_factory=list)
     coverage: Coverage = Field(default_factory=Coverage)
 
     @model_validator(mode="after")
@@ -335,8 +337,10 @@ class CandidateSection(_Schema):
         n = len(self.cameras)
         if len(self.timestamps) != n or len(self.sequences) != n or len(self.descriptor_counts) != n:
             raise ValueError("cameras, timestamps, sequences and descriptor_counts must have the same length")
-        if len(self.chunk_offsets) != len(self.chunk_frames) or (self.chunk_offsets and len(self.chunk_offsets) != n):
-            raise ValueError("chunk_offsets and chunk_frames must both be empty or hold one value per candidate")
+        sources = (len(self.chunk_offsets), len(self.chunk_frames), len(self.frame_sizes))
+        if sources not in ((0, 0, 0), (n, n, n)):
+            raise ValueError("chunk_offsets, chunk_frames and frame_sizes must all be empty or hold one value per "
+                             "candidate")
         if self.start + n > self.total:
             raise ValueError("slice extends past the partition's total")
         if len(self.scores) != 4 * n:

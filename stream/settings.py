@@ -199,6 +199,12 @@ class QuerySettings(_Group):
         poll_timeout_s: how long one poll waits for queries.
         merge_group_id: consumer group of the merge loops on the candidates topic (one merger per query).
         max_pending: queries being merged at once; the oldest is answered with what it has beyond this.
+        verify_top: the first this many matches of an answer get a geometric proof (``Match.geometry``: the query's
+            outline in the frame, RANSAC inliers); 0 turns it off. Added information: the ranking is the same.
+        verify_min_inliers: a proof needs at least this many RANSAC inliers (fewer: ``no_geometry``).
+        segment_gap_s: matches of one camera at most this many seconds apart form one segment of the answer
+            (``QueryResult.segments``); ``null``: the larger of 2 s and three sampling intervals
+            (``ingest.sample_fps``).
     """
 
     enabled: bool = True
@@ -212,6 +218,9 @@ class QuerySettings(_Group):
     poll_timeout_s: float = Field(0.1, gt=0.0)
     merge_group_id: str = "l2g-merge"
     max_pending: int = Field(1_000, ge=1)
+    verify_top: int = Field(10, ge=0, le=1_000)
+    verify_min_inliers: int = Field(8, ge=4)
+    segment_gap_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
 
 
 class IndexSettings(_Group):

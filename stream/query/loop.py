@@ -164,7 +164,8 @@ class QueryLoop:
                 raise MessageTooLargeError(f"query message of {rec.size} bytes exceeds kafka.max_message_bytes")
             query = decode_message(rec.value, rec.headers, Query)
             try:
-                plan = SearchPlan.build(query.mode or self.cfg.mode, query.k, self.retrieval)
+                plan = SearchPlan.build(query.mode or self.cfg.mode, query.k, self.retrieval,
+                                        verify=self.cfg.verify_top)
             except L2GError as exc:
                 raise SchemaError(str(exc)) from exc
         except BadInputError as exc:
@@ -217,7 +218,9 @@ class QueryLoop:
                 for shard in index.select(cameras=cameras)}
         return sorted(set(cameras) - held)
 
-    def _prepare(self, query: Query) -> tuple[PreparedQuery, dict[str, float]]:
+    def _prepare(self, query: Query) -> tuple[PreparedQuery, dict[str, float], tuple[int, int]]:
+        """The prepared query, its ``decode_image`` and ``extract`` times, and the ``(height, width)`` of the image
+        its keypoints refer to (after resizing to ``query.image_max_side``)."""
         t0 = time.perf_counter()
         data = query.image if query.image is not None else resolve_ref(query.image_ref or "", self.settings.storage)
         image = decode_image(data, max_side=self.cfg.image_max_side, max_pixels=self.cfg.max_image_pixels)
@@ -231,7 +234,8 @@ class QueryLoop:
         t2 = time.perf_counter()
         dims = self.index.config
         prepared = prepare_query(features, self.retrieval, dims.local_dim, dims.global_dim)
-        return prepared, {"decode_image": (t1 - t0) * 1e3, "extract": (t2 - t1) * 1e3}
+        size = (int(image.shape[0]), int(image.shape[1]))
+        return prepared, {"decode_image": (t1 - t0) * 1e3, "extract": (t2 - t1) * 1e3}, size
 
     def _deadline(self, query: Query, received: float) -> tuple[float, list[str]]:
         """The query's effective deadline (Unix time) and the notes that explain a change to it."""
@@ -255,7 +259,7 @@ class QueryLoop:
         if query.sent_at is not None:
             latency["queue"] = max(0.0, (time.time() - query.sent_at) * 1e3)
         try:
-            prepared, times = self._prepare(query)
+            prepared, times, image_size = self._prepare(query)
         except (BadInputError, ExtractorCrashError) as exc:  # every worker finds the same: the merger answers once
             return self._send_error(item.rec, query, exc, item.received)
         latency.update(times)
@@ -272,7 +276,7 @@ class QueryLoop:
             if stage in latency:
                 self.metrics.query_latency.labels(stage).observe(latency[stage] / 1e3)
         base = self._base(item, item.notes).model_copy(update={
-            "latency_ms": latency, "query_features": query_payload(prepared, plan.transport)})
+            "latency_ms": latency, "query_features": query_payload(prepared, plan.transport, image_size)})
         try:
             packed = pack_partials(base, lists, plan.transport, self.settings.kafka.max_message_bytes,
                                    source=self.worker_id)

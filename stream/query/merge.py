@@ -8,13 +8,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection
 
 from l2g_core import Candidates, Coverage, RetrievalConfig, merge_candidates, stage2
+from l2g_core.geometry import Geometry, verify_hits
+from l2g_core.segments import default_gap
 from stream.deadletter import DeadLetterPublisher
 from stream.envelope import decode_message, encode_message
 from stream.errors import BrokerError, SchemaError
 from stream.health import Health
-from stream.messages import CandidatePartial, Match, QueryResult
+from stream.messages import CandidatePartial, Match, QueryResult, Segment
 from stream.metrics import StreamMetrics
 from stream.ports import MessageSink, MessageSource, Partition, Record
+from stream.query.answer import match_of, segments_of
 from stream.query.loop import STAGE
 from stream.query.pending import PendingQuery
 from stream.query.wire import prepared_from_payload
@@ -183,7 +186,7 @@ class MergeLoop:
         except BrokerError as exc:
             LOG.error("cannot publish the result of %s: %s", pend.query_id, exc)
         self.metrics.queries.labels(result.mode, _OUTCOMES[result.status]).inc()
-        for stage in ("total", "stage2", "merge_wait"):
+        for stage in ("total", "stage2", "verify", "merge_wait"):
             if stage in result.latency_ms:
                 self.metrics.query_latency.labels(stage).observe(result.latency_ms[stage] / 1e3)
         if pend.sent_at is not None:
@@ -213,6 +216,7 @@ class MergeLoop:
         merged = merge_candidates(parts, plan, pend.global_dim) if parts else Candidates.empty(plan.stage1,
                                                                                             pend.global_dim)
         matches: list[Match] = []
+        segments: list[Segment] = []
         cut_short = note is not None
         if pend.features is None:
             notes.append("no partition was searched" if pend.skipped else "no partial arrived before the deadline")
@@ -223,8 +227,20 @@ class MergeLoop:
             latency["stage2"] = ranking.timings_ms.get("stage2", 0.0)
             notes += list(ranking.coverage.notes)
             cut_short = cut_short or not ranking.coverage.complete
-            matches = [Match(camera_id=h.key.camera_id, frame=int(h.key.sequence), timestamp=float(h.key.timestamp),
-                             score=float(h.score), stage_scores=dict(h.stage_scores)) for h in ranking.hits]
+            proofs: list[Geometry | None] = [None] * len(ranking.hits)
+            verify = min(self.settings.query.verify_top, len(ranking.hits))
+            if verify and time.monotonic() > stop_at:
+                notes.append("deadline: geometric proof of the matches skipped")
+            elif verify:
+                t_verify = time.perf_counter()
+                size = (pend.features.image_height, pend.features.image_width)
+                proofs = verify_hits(prepared, size, merged, ranking.hits, verify, config=self.retrieval,
+                                     min_inliers=self.settings.query.verify_min_inliers)
+                latency["verify"] = (time.perf_counter() - t_verify) * 1e3
+            topic = self.settings.topics.video
+            matches = [match_of(h, g, topic) for h, g in zip(ranking.hits, proofs, strict=True)]
+            gap = self.settings.query.segment_gap_s
+            segments = segments_of(ranking.hits, default_gap(self.settings.ingest.sample_fps) if gap is None else gap)
         if pend.unindexed:
             names = ", ".join(repr(c) for c in sorted(pend.unindexed))
             notes.append(f"camera {names} has never been indexed by any worker answering (a typo, or no video "
@@ -239,7 +255,7 @@ class MergeLoop:
         latency["total"] = max(0.0, (answered - first_received) * 1e3)
         return QueryResult(query_id=pend.query_id, worker_id=self.worker_id,
                            status="complete" if coverage.complete else "partial", mode=pend.mode, matches=matches,
-                           latency_ms=latency, coverage=coverage, answered_at=answered)
+                           segments=segments, latency_ms=latency, coverage=coverage, answered_at=answered)
 
     def _commit(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from l2g_core import Candidates, Coverage, FrameKey, PreparedQuery, Stage, Transport
+from l2g_core import Candidates, Coverage, FrameKey, FrameSource, PreparedQuery, Stage, Transport
 from stream.envelope import OutboundMessage, encode_message
 from stream.errors import MessageTooLargeError, SchemaError
 from stream.messages import CandidatePartial, CandidateSection, QueryFeatures
@@ -54,8 +54,12 @@ class PackedPartial:
     message: OutboundMessage
 
 
-def query_payload(prepared: PreparedQuery, transport: Transport) -> QueryFeatures:
-    """The query features stage 2 uses (the strongest ``transport.query_features``), float32 bytes."""
+def query_payload(prepared: PreparedQuery, transport: Transport, image_size: tuple[int, int] = (0, 0)
+                  ) -> QueryFeatures:
+    """The query features stage 2 uses (the strongest ``transport.query_features``), float32 bytes.
+
+    ``image_size``: ``(height, width)`` of the query image the keypoints refer to (``(0, 0)``: unknown).
+    """
     total = prepared.descriptors.shape[0]
     n = total if transport.query_features is None else min(transport.query_features, total)
     return QueryFeatures(
@@ -63,6 +67,7 @@ def query_payload(prepared: PreparedQuery, transport: Transport) -> QueryFeature
         descriptors=np.ascontiguousarray(prepared.descriptors[:n], dtype="<f4").tobytes(),
         keypoints=np.ascontiguousarray(prepared.keypoints[:n], dtype="<f4").tobytes(),
         global_descriptor=np.ascontiguousarray(prepared.global_descriptor, dtype="<f4").tobytes(),
+        image_height=max(0, int(image_size[0])), image_width=max(0, int(image_size[1])),
     )
 
 
@@ -85,6 +90,8 @@ def prepared_from_payload(payload: QueryFeatures, local_dim: int, global_dim: in
 
 
 def _sent_descriptors(cands: Candidates, i: int, transport: Transport) -> int:
+    if i < transport.verified:  # the geometric proof's candidates: every stored descriptor
+        return int(cands.descriptors[i].shape[0])
     if i >= transport.described:
         return 0
     stored = int(cands.descriptors[i].shape[0])
@@ -100,6 +107,8 @@ def _section(part: PartitionList, start: int, end: int, transport: Transport) ->
                                                                                       strict=True) if n] \
         if transport.keypoints else []
     keys = cands.keys[start:end]
+    sources = [k.source for k in keys]
+    known = any(s is not None for s in sources)
     return CandidateSection(
         partition=part.partition, start=start, total=len(cands),
         cameras=[k.camera_id for k in keys],
@@ -110,6 +119,9 @@ def _section(part: PartitionList, start: int, end: int, transport: Transport) ->
         descriptor_counts=counts,
         descriptors=b"".join(d.tobytes() for d in descs),
         keypoints=b"".join(k.tobytes() for k in kps),
+        chunk_offsets=[-1 if s is None else s.offset for s in sources] if known else [],
+        chunk_frames=[-1 if s is None else s.index for s in sources] if known else [],
+        frame_sizes=[(0, 0) if s is None else (s.width, s.height) for s in sources] if known else [],
         coverage=cands.coverage,
     )
 
@@ -118,7 +130,7 @@ def _candidate_bytes(cands: Candidates, i: int, transport: Transport, local_dim:
     """Upper estimate of one candidate's share of the JSON (base64 arrays, key fields)."""
     n = _sent_descriptors(cands, i, transport)
     raw = 4 + 4 * global_dim + n * (2 * local_dim + (8 if transport.keypoints else 0))
-    return math.ceil(raw * 4 / 3) + len(cands.keys[i].camera_id) + 48
+    return math.ceil(raw * 4 / 3) + len(cands.keys[i].camera_id) + 48 + 40  # (+ chunk offset, index, size)
 
 
 def _header_bytes(base: CandidatePartial, *, with_features: bool, source: str) -> int:
@@ -202,6 +214,14 @@ def pack_partials(base: CandidatePartial, lists: Sequence[PartitionList], transp
     return out
 
 
+def _section_sources(sec: CandidateSection) -> list[FrameSource | None]:
+    """Per candidate of ``sec``, where its frame lives (None where unknown)."""
+    if not sec.chunk_offsets:
+        return [None] * len(sec.cameras)
+    return [None if off < 0 or idx < 0 else FrameSource(sec.partition, off, idx, max(w, 0), max(h, 0))
+            for off, idx, (w, h) in zip(sec.chunk_offsets, sec.chunk_frames, sec.frame_sizes, strict=True)]
+
+
 def candidates_from_sections(sections: Sequence[CandidateSection], stage: Stage, local_dim: int,
                              global_dim: int) -> Candidates:
     """Reassemble one partition's candidate list from its slices (ordered by ``start``).
@@ -221,7 +241,8 @@ def candidates_from_sections(sections: Sequence[CandidateSection], stage: Stage,
     try:
         for sec in sorted(sections, key=lambda s: s.start):
             n = len(sec.cameras)
-            keys += [FrameKey(c, t, q) for c, t, q in zip(sec.cameras, sec.timestamps, sec.sequences, strict=True)]
+            keys += [FrameKey(c, t, q, s) for c, t, q, s in zip(sec.cameras, sec.timestamps, sec.sequences,
+                                                                 _section_sources(sec), strict=True)]
             scores.append(np.frombuffer(sec.scores, dtype="<f4"))
             globs.append(np.frombuffer(sec.global_descriptors, dtype="<f4").reshape(n, global_dim))
             counts = np.asarray(sec.descriptor_counts, dtype=np.int64)

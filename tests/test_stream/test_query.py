@@ -9,7 +9,8 @@ import pytest
 
 from l2g_core import SearchPlan, search
 from stream.envelope import decode_message
-from stream.messages import CandidatePartial
+from stream.messages import CandidatePartial, VideoChunk
+from stream.ports import Partition
 from stream.testing import MemoryBroker
 
 from .conftest import START, camera_chunks, camera_frame, make_settings, publish
@@ -55,7 +56,29 @@ def test_a_crop_of_one_frame_is_found_at_its_camera_and_time(tmp_path: Path) -> 
     (res2,) = results(broker)[l2g]
     assert res2.mode == "l2g" and (cams[1], 10) in [(m.camera_id, m.frame) for m in res2.matches]
     assert set(res2.matches[0].stage_scores) >= {"local", "global", "l2g"}
-    assert set(res.latency_ms) >= {"queue", "decode_image", "extract", "stage1", "stage2", "total", "merge_wait"}
+    assert set(res.latency_ms) >= {"queue", "decode_image", "extract", "stage1", "stage2", "total", "merge_wait",
+                                   "verify"}
+    for answer in (res, res2):
+        # every match says where its frame lives: the chunk record holding it, and its position among the chunk's
+        # decoded frames (the toy chunks keep every frame)
+        for m in answer.matches:
+            ref = m.frame_ref
+            assert ref is not None and ref.topic == "l2g.video"
+            (rec,) = broker.read(Partition(ref.topic, ref.partition), ref.offset, 1)
+            chunk = decode_message(rec.value, rec.headers, VideoChunk)
+            assert chunk.camera_id == m.camera_id and chunk.first_frame + ref.frame_index == m.frame
+        # the first verify_top (10 >= k) matches carry a geometric proof or say there is none; the crop's own
+        # frame is verified, its outline where the crop was cut (rows 32-160, columns 64-256)
+        assert all(m.geometry is not None for m in answer.matches)
+        best = next(m for m in answer.matches if (m.camera_id, m.frame) == (cams[1], 10))
+        assert best.geometry is not None and best.geometry.status == "verified", best.geometry
+        assert best.geometry.box == pytest.approx((64, 32, 256, 160), abs=8)
+        assert best.geometry.polygon is not None and len(best.geometry.polygon) == 4
+        assert best.geometry.inliers >= 8 and best.geometry.frame_size == (320, 192)
+        # segments cover every match once; the best segment holds the best match
+        assert sorted(i for seg in answer.segments for i in seg.match_indices) == list(range(len(answer.matches)))
+        assert answer.segments[0].match_indices[0] == 0
+        assert answer.segments[0].best_frame == answer.matches[0].frame
     assert res.coverage.partitions_searched == res.coverage.partitions_total == 3
     assert res.coverage.frames_searched == total and res.coverage.complete
     assert res.coverage.indexed_from == pytest.approx(START) and res.coverage.indexed_to is not None
