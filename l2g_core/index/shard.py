@@ -271,25 +271,6 @@ def _sources(array: np.ndarray | None, n: int) -> list[FrameSource | None]:
     return [None if row[0] < 0 else FrameSource(*(int(v) for v in row)) for row in rows]
 
 
-def _source_array(keys: Sequence[FrameKey]) -> np.ndarray:
-    """``(F, 5)`` int64 ``(partition, offset, index, width, height)`` of each key's source, ``-1`` rows where
-    unknown (the ``sources`` array of a snapshot)."""
-    out = np.full((len(keys), 5), -1, dtype=np.int64)
-    for i, key in enumerate(keys):
-        src = key.source
-        if src is not None:
-            out[i] = (src.partition, src.offset, src.index, src.width, src.height)
-    return out
-
-
-def _sources(array: np.ndarray | None, n: int) -> list[FrameSource | None]:
-    """Inverse of :func:`_source_array` (``None``: a snapshot written before sources were kept)."""
-    if array is None:
-        return [None] * n
-    rows = np.asarray(array, dtype=np.int64).reshape(n, 5)
-    return [None if row[0] < 0 else FrameSource(*(int(v) for v in row)) for row in rows]
-
-
 def new_shard(shard_id: ShardId, config: IndexConfig) -> Shard:
     """An empty flat shard (a compressed index's shards are built with ``Shard(shard_id, config, None)``)."""
     return Shard(shard_id, config, backend.to_device(backend.new_flat(config.local_dim), config))
