@@ -129,9 +129,14 @@ def rows() -> list[Row]:
               (Target(f"sum by (consumergroup, topic) (kafka_consumergroup_lag_sum) / on (topic) group_left "
                       f"sum by (topic) (rate(kafka_topic_partition_current_offset[{RATE}]))",
                       "{{consumergroup}} {{topic}}"),), unit="s", minimum=0, no_value="No kafka-exporter"),
+        Panel("Lag in seconds per partition", "As reported by the worker that owns each partition: 0 when it is at "
+              "the end, else how long the message it is processing waited in the topic (now minus its Kafka "
+              "timestamp). Independent of the video's event time; gone with the worker.",
+              (Target(f"max by (topic, partition) (l2g_consumer_lag_seconds{{{INSTANCE}}})",
+                      "{{topic}}/{{partition}}"),), unit="s", minimum=0),
         Panel("Chunk decode time", "Time to decode one video chunk (PyAV), p50 and p99 over all workers.",
               (Target(quantile(0.5, "l2g_decode_chunk_seconds", ""), "p50"),
-               Target(quantile(0.99, "l2g_decode_chunk_seconds", ""), "p99")), unit="s", width=24),
+               Target(quantile(0.99, "l2g_decode_chunk_seconds", ""), "p99")), unit="s"),
     ])
 
     queries = Row("Queries", [
