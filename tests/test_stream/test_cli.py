@@ -10,7 +10,7 @@ import pytest
 
 from stream.cli import build_parser, format_result, main
 from stream.cli.args import time_arg as _time_arg
-from stream.messages import Coverage, Match, QueryResult
+from stream.messages import Coverage, Match, MatchGeometry, QueryResult, Segment
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,6 +98,29 @@ def test_format_result_table() -> None:
     assert "INCOMPLETE" in text and "2/3 partitions" in text and "stage1=3.0" in text
     err = QueryResult(query_id="q", worker_id="w", status="error", mode="l2g", error="bad_image: nope")
     assert "ERROR bad_image: nope" in format_result(err)
+
+
+def test_format_result_shows_geometry_and_segments() -> None:
+    proof = MatchGeometry(status="verified", model="homography", inliers=23, correspondences=30,
+                          transform=[[1, 0, 10], [0, 1, 20], [0, 0, 1]],
+                          polygon=[(10, 20), (110, 20), (110, 70), (10, 70)], box=(10, 20, 110, 70),
+                          frame_size=(640, 360))
+    none = MatchGeometry(status="no_geometry", inliers=3, correspondences=5, reason="too few correspondences")
+    res = QueryResult(query_id="q", worker_id="w", status="complete", mode="l2g",
+                      matches=[Match(camera_id="cam", frame=3, timestamp=1_700_000_000.0, score=0.5, geometry=proof),
+                               Match(camera_id="cam", frame=4, timestamp=1_700_000_001.0, score=0.4, geometry=none),
+                               Match(camera_id="cam", frame=9, timestamp=1_700_000_090.0, score=0.3)],
+                      segments=[Segment(camera_id="cam", start=1_700_000_000.0, end=1_700_000_001.0, best_frame=3,
+                                        best_timestamp=1_700_000_000.0, score=0.5, frame_count=2,
+                                        match_indices=[0, 1]),
+                                Segment(camera_id="cam", start=1_700_000_090.0, end=1_700_000_090.0, best_frame=9,
+                                        best_timestamp=1_700_000_090.0, score=0.3, frame_count=1,
+                                        match_indices=[2])],
+                      latency_ms={"total": 12.0, "verify": 2.5})
+    text = format_result(res)
+    assert "23 inl [10,20,110,70]" in text and "none (3 inliers)" in text
+    assert "segments" in text and "(1.0 s)  2 matches, best #1 frame 3 score 0.5000" in text
+    assert "1 match, best #3 frame 9" in text and "verify=2.5" in text
 
 
 def test_version_and_help_show_defaults(capsys: pytest.CaptureFixture[str]) -> None:
