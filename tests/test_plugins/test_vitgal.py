@@ -200,7 +200,7 @@ class TestAgainstDirectImplementations:
                 a = torch.exp(logits - logits.max())
                 a = a / a.sum()
                 torch.testing.assert_close(attn[bi, hi], a)
-                heads.append(sum(a[n] * vals[n] for n in range(6)))
+                heads.append(torch.stack([a[n] * vals[n] for n in range(6)]).sum(0))
             cls = layer.proj.weight @ torch.cat(heads) + layer.proj.bias
             torch.testing.assert_close(got[bi, 0], cls)
         assert torch.equal(got[:, 1:], x[:, 1:])  # patch tokens are keys and values only
