@@ -15,6 +15,7 @@ __all__ = ["IndexConfig", "RetrievalConfig"]
 
 IndexKind = Literal["auto", "flat", "ivfpq"]
 Device = Literal["auto", "cpu", "cuda"]
+RerankDtype = Literal["float16", "int8"]
 
 
 def _require(cond: bool, message: str) -> None:
@@ -47,7 +48,9 @@ class IndexConfig:
             evicted (each camera keeps its own window: no camera's clock evicts another's frames); ``None`` keeps
             everything.
         max_features_per_frame: the strongest N local features of a frame are indexed.
-        rerank_features: the strongest features kept per frame (float16) for re-ranking and geometry.
+        rerank_features: the strongest features kept per frame for re-ranking and geometry.
+        rerank_dtype: how they are stored: ``int8`` (a float16 scale per descriptor, 66 bytes per 64-D
+            descriptor; dequantised to float16 when a frame becomes a candidate) or ``float16`` (128 bytes).
         index_kind: ``flat`` (exact inner product), ``ivfpq`` (compressed), or ``auto`` (flat until
             ``compress_after`` features, then every shard is converted to IVF-PQ).
         compress_after: number of indexed features at which ``auto`` switches to IVF-PQ.
@@ -66,6 +69,7 @@ class IndexConfig:
     retention_seconds: float | None = 3600.0
     max_features_per_frame: int = 512
     rerank_features: int = 128
+    rerank_dtype: RerankDtype = "int8"
     index_kind: IndexKind = "auto"
     compress_after: int = 1_000_000
     ivf_lists: int = 1024
@@ -81,6 +85,7 @@ class IndexConfig:
             _positive(self, "retention_seconds")
         _require(self.index_kind in ("auto", "flat", "ivfpq"), f"unknown index_kind {self.index_kind!r}")
         _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
+        _require(self.rerank_dtype in ("float16", "int8"), f"unknown rerank_dtype {self.rerank_dtype!r}")
         _require(self.local_dim % self.pq_bytes == 0 or self.index_kind != "ivfpq",
                  f"local_dim {self.local_dim} must be a multiple of pq_bytes {self.pq_bytes}")
         _require(self.segment_seconds >= self.bucket_seconds,

@@ -14,7 +14,54 @@ from l2g_core.index import backend
 from l2g_core.index.segment import Segment
 from l2g_core.types import FloatArray, FrameFeatures, FrameKey, FrameSource
 
-__all__ = ["Shard", "ShardId", "new_shard"]
+__all__ = ["RerankFeatures", "Shard", "ShardId", "dequantize_int8", "new_shard", "quantize_int8"]
+
+
+def quantize_int8(descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, D)`` float descriptors -> ``(n, D)`` int8 codes and ``(n,)`` float16 scales (each row's largest
+    magnitude; ``row ~= codes * scale / 127``)."""
+    x = np.asarray(descriptors, dtype=np.float32)
+    scales = np.abs(x).max(axis=1) if x.shape[0] else np.zeros(0, np.float32)
+    scales = scales.astype(np.float16).astype(np.float32)  # quantise with the scale that is stored
+    safe = np.where(scales > 0, scales, 1.0)
+    codes = np.clip(np.rint(x * (127.0 / safe)[:, None]), -127, 127).astype(np.int8)
+    return codes, scales.astype(np.float16)
+
+
+def dequantize_int8(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`quantize_int8`: ``(n, D)`` float16."""
+    out: np.ndarray = (codes.astype(np.float32) * (scales.astype(np.float32) / 127.0)[:, None]).astype(np.float16)
+    return out
+
+
+class RerankFeatures(Sequence[np.ndarray]):
+    """Per frame, its strongest descriptors for stage 2 as ``(n_i, D)`` float16 (read-only view of how they are
+    stored: float16, or int8 codes with a float16 scale per descriptor, see ``IndexConfig.rerank_dtype``)."""
+
+    def __init__(self) -> None:
+        self.codes: list[np.ndarray] = []  # per frame (n_i, D) int8 or float16
+        self.scales: list[np.ndarray] = []  # per frame (n_i,) float16 (int8 codes only)
+
+    def append(self, descriptors: np.ndarray, dtype: str) -> None:
+        """Store one frame's ``(n, D)`` float descriptors as ``dtype`` (``int8`` or ``float16``)."""
+        if dtype == "int8":
+            codes, scales = quantize_int8(descriptors)
+            self.codes.append(codes)
+            self.scales.append(scales)
+        else:
+            self.codes.append(np.asarray(descriptors).astype(np.float16))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, frame: int) -> np.ndarray:  # type: ignore[override]
+        codes = self.codes[frame]
+        return dequantize_int8(codes, self.scales[frame]) if codes.dtype == np.int8 else codes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes stored."""
+        return sum(c.nbytes for c in self.codes) + sum(s.nbytes for s in self.scales)
 
 
 @dataclass(frozen=True, order=True)
@@ -43,7 +90,7 @@ class Shard:
         self.config = config
         self.index = index
         self.keys: list[FrameKey] = []
-        self.rerank_descriptors: list[np.ndarray] = []  # per frame (n_i, D) float16
+        self.rerank_descriptors = RerankFeatures()  # per frame (n_i, D) float16 (stored as rerank_dtype)
         self.rerank_keypoints: list[FloatArray] = []  # per frame (n_i, 2) float32
         self.image_sizes: list[tuple[int, int]] = []
         self._globals: list[FloatArray] = []
@@ -122,7 +169,7 @@ class Shard:
             strongest = feat.top(self.config.rerank_features)
             self.keys.append(key)
             self._globals.append(feat.global_descriptor)
-            self.rerank_descriptors.append(strongest.descriptors.astype(np.float16))
+            self.rerank_descriptors.append(strongest.descriptors, self.config.rerank_dtype)
             self.rerank_keypoints.append(strongest.keypoints)
             self.image_sizes.append(feat.image_size)
         self.num_features += int(counts.sum())
@@ -176,7 +223,8 @@ class Shard:
         """The shard's content as named arrays (what a snapshot stores); inverse of :meth:`from_arrays`.
 
         Keys: ``timestamps``, ``sequences``, ``globals``, ``feature_counts`` (features per frame),
-        ``rerank_counts``, ``rerank_descriptors`` (float16), ``rerank_keypoints``, ``image_sizes``, and for a flat
+        ``rerank_counts``, ``rerank_codes`` (int8 or float16, ``(sum n_i, D)``), ``rerank_scales`` (float16, one per
+        int8 code row, else empty), ``rerank_keypoints``, ``image_sizes``, and for a flat
         shard ``descriptors`` (its raw vectors; a compressed shard's codes are stored with its segment).
         """
         arrays = {
@@ -184,9 +232,11 @@ class Shard:
             "sequences": np.array([k.sequence for k in self.keys], dtype=np.int64),
             "globals": self.globals,
             "feature_counts": self.feature_counts,
-            "rerank_counts": np.array([d.shape[0] for d in self.rerank_descriptors], dtype=np.int64),
-            "rerank_descriptors": np.concatenate(self.rerank_descriptors)
-            if self.rerank_descriptors else np.zeros((0, self.config.local_dim), np.float16),
+            "rerank_counts": np.array([c.shape[0] for c in self.rerank_descriptors.codes], dtype=np.int64),
+            "rerank_codes": np.concatenate(self.rerank_descriptors.codes) if len(self.rerank_descriptors)
+            else np.zeros((0, self.config.local_dim), np.int8 if self.config.rerank_dtype == "int8" else np.float16),
+            "rerank_scales": np.concatenate(self.rerank_descriptors.scales) if self.rerank_descriptors.scales
+            else np.zeros(0, np.float16),
             "rerank_keypoints": np.concatenate(self.rerank_keypoints)
             if self.rerank_keypoints else np.zeros((0, 2), np.float32),
             "image_sizes": np.array(self.image_sizes, dtype=np.int64).reshape(-1, 2),
@@ -235,7 +285,13 @@ class Shard:
         ]
         shard._globals = list(arrays["globals"].astype(np.float32))
         bounds = np.cumsum(arrays["rerank_counts"])[:-1]
-        shard.rerank_descriptors = list(np.split(arrays["rerank_descriptors"], bounds))
+        codes = arrays["rerank_codes"]
+        if codes.dtype == np.int8:
+            shard.rerank_descriptors.codes = list(np.split(codes, bounds))
+            shard.rerank_descriptors.scales = list(np.split(arrays["rerank_scales"].astype(np.float16), bounds))
+        else:
+            for frame_codes in np.split(codes, bounds):
+                shard.rerank_descriptors.append(frame_codes, config.rerank_dtype)
         shard.rerank_keypoints = list(np.split(arrays["rerank_keypoints"].astype(np.float32), bounds))
         shard.image_sizes = [(int(h), int(w)) for h, w in arrays["image_sizes"]]
         if not len(counts) == len(shard.keys) == len(shard._globals) == len(shard.image_sizes):
@@ -248,7 +304,7 @@ class Shard:
         """Approximate resident bytes of the shard (a flat index's vectors and frame map, per-frame arrays; a
         compressed shard's codes are counted by its segment)."""
         index_bytes = self.num_features * (self.config.local_dim * 4 + 8) if self.index is not None else 0
-        per_frame = sum(d.nbytes for d in self.rerank_descriptors) + sum(k.nbytes for k in self.rerank_keypoints)
+        per_frame = self.rerank_descriptors.nbytes + sum(k.nbytes for k in self.rerank_keypoints)
         return index_bytes + per_frame + len(self.keys) * (self.config.global_dim * 4 + 64)
 
 

@@ -258,3 +258,21 @@ def test_an_index_is_built_from_restored_shards(tmp_path: Path) -> None:
     assert restored.add(v.keys[:5], v.features[:5]) == AddReport(duplicates=5)
     assert [_ranking(restored, q) for q in v.queries] == [_ranking(index, q) for q in v.queries]
 
+
+
+def test_int8_rerank_features_stay_close_to_float16() -> None:
+    v = make_synthetic_video(num_frames=40, num_scenes=4, features_per_frame=64, local_dim=32, global_dim=16)
+    small = RollingIndex(_config(rerank_dtype="int8"))
+    exact = RollingIndex(_config(rerank_dtype="float16"))
+    small.add(v.keys, v.features)
+    exact.add(v.keys, v.features)
+    for a, b in zip(small.shards(), exact.shards(), strict=True):
+        assert a.nbytes() < b.nbytes()
+        for got, want in zip(a.rerank_descriptors, b.rerank_descriptors, strict=True):
+            assert got.dtype == want.dtype == np.float16 and got.shape == want.shape
+            sims = got.astype(np.float32) @ want.astype(np.float32).T
+            np.testing.assert_allclose(np.diag(sims), 1.0, atol=5e-3)  # unit rows: ~ the original
+        rebuilt = Shard.from_arrays(a.id, small.config, a.to_arrays(), version=a.version)
+        assert a.to_arrays()["rerank_codes"].dtype == np.int8
+        for got, want in zip(rebuilt.rerank_descriptors, a.rerank_descriptors, strict=True):
+            np.testing.assert_array_equal(got, want)
