@@ -109,7 +109,8 @@ class KafkaBridge:
 
         letter = dead_letter_for(record, stage=DEAD_LETTER_STAGE, error=error, worker_id=self.ui_id,
                                  value_limit=min(65_536, self.settings.kafka.max_message_bytes // 2))
-        letter = letter.model_copy(update={"original_size": size})
+        letter = letter.model_copy(update={"original_size": size} if body is not None
+                                   else {"original_size": size, "original_value": None})
         with self._lock:
             self.dead_letters.publish(letter)
             self.client.sink.flush()

@@ -177,7 +177,7 @@ function render(v) {
   const top = Math.max(1, ...a.latency.map((s) => s.ms));
   out.append(table("latency", ["stage", "ms", ""], a.latency.map((s) => el("tr", {}, el("td", {}, s.stage),
     el("td", {class: "num"}, fmt(s.ms, 1)),
-    el("td", {}, el("span", {class: "bar", style: `width:${Math.round(200 * s.ms / top)}px`})))))));
+    el("td", {}, el("span", {class: "bar", style: `width:${Math.round(200 * s.ms / top)}px`}))))));
   const c = a.coverage;
   out.append(el("h2", {}, "Coverage"), el("p", {id: "coverage"},
     `${c.frames_searched}/${c.frames_total} frames, ${c.shards_searched}/${c.shards_total} shards, ` +

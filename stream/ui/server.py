@@ -18,6 +18,7 @@ script cannot send it without a CORS preflight this server never grants (the coo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -88,10 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _internal_error(self) -> None:
         LOG.exception("%s %s failed", self.command, urlsplit(self.path).path)
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):  # the headers may be out already, or the browser gone
             self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error (logged by the ui process)"})
-        except OSError:
-            pass  # the headers may be out already, or the browser gone
 
     def _own_query(self, query_id: str) -> UiQuery | None:
         return self.server.app.store.get(self._token(), query_id)
@@ -102,6 +101,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path == "/":
                 self._page()
+            elif path == "/favicon.ico":
+                self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
             elif path == "/healthz":
                 failure = self.server.app.bridge.failure
                 self._json(HTTPStatus.SERVICE_UNAVAILABLE if failure else HTTPStatus.OK,
