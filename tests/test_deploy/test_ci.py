@@ -56,6 +56,13 @@ def test_runs_make_test_and_promtool() -> None:
     assert "make test" in readme
 
 
+def test_installs_the_browser_before_the_tests() -> None:
+    """The ui's browser test (tests/integration/test_ui_browser.py) finds chromium and its driver under CI=true."""
+    commands = _commands()
+    for line in ("apt_install chromium chromium", "apt_install chromedriver chromium-driver"):
+        assert commands.index(line) < commands.index("make test"), line
+
+
 def test_installs_without_recommends() -> None:
     text = CI.read_text(encoding="utf-8")
     assert 'apt-get install -y -qq --no-install-recommends "$package"' in text
