@@ -7,6 +7,7 @@ Commands::
     l2g-stream worker [--print-settings]  run a worker against any Kafka (settings: env L2G_*, --config file)
     l2g-stream publish PATH [--json]      publish a video file or folder as MPEG-TS chunks (one camera per file)
     l2g-stream query IMAGE [--json]       ask where/when IMAGE appears; prints the matches
+    l2g-stream show QUERY_ID | --json F   contact sheet PNG of an answer: query, matched frames, outlines
     l2g-stream extractors [--json]        list the feature extractors, their sizes and option keys
     l2g-stream ui [--port 8080]           the web page: upload an image, see the answer live (stream.ui)
 
@@ -32,6 +33,7 @@ from stream.cli.commands import cmd_broker, cmd_demo, cmd_query, cmd_worker
 from stream.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, CliError
 from stream.cli.extractors import cmd_extractors
 from stream.cli.publish import cmd_publish
+from stream.cli.show import cmd_show
 from stream.cli.ui import cmd_ui
 from stream.errors import BadInputError, BrokerError, ConfigurationError, StreamError
 from stream.formatting import format_result, format_time
@@ -41,7 +43,7 @@ __all__ = ["COMMANDS", "CliError", "build_parser", "format_result", "format_time
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo, "worker": cmd_worker, "broker": cmd_broker, "publish": cmd_publish, "query": cmd_query,
-    "extractors": cmd_extractors, "ui": cmd_ui,
+    "extractors": cmd_extractors, "ui": cmd_ui, "show": cmd_show,
 }
 
 

@@ -196,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     ext = sub.add_parser("extractors", parents=[common], help="list the feature extractors and presets")
     ext.add_argument("--json", action="store_true", help="print the list as JSON")
 
+    from stream.cli.show import add_show_parser
     from stream.cli.ui import add_ui_parser
 
+    add_show_parser(sub, common)
     add_ui_parser(sub, common)
     return parser
