@@ -10,7 +10,7 @@ by job:
 * :mod:`~stream.ui.bridge`: queries out, answers in, refused uploads dead-lettered;
 * :mod:`~stream.ui.uploads`: what an upload must be (an image, within the size limits, sane fields);
 * :mod:`~stream.ui.view`: the JSON the page lays out; :mod:`~stream.ui.page`: the page (inline script, no build);
-* :mod:`~stream.ui.frames`: matched frames as JPEG (:mod:`~stream.ui.framefetch` reads them from Kafka).
+* :mod:`~stream.ui.frames`: matched frames as JPEG (read back from Kafka by :mod:`stream.framefetch`).
 
 Nothing is imported here, so ``import stream.ui.sessions`` stays light.
 """

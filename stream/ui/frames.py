@@ -1,4 +1,5 @@
-"""Matched frames as JPEG for the page, fetched back from Kafka (the worker keeps no pixels).
+"""Matched frames as JPEG for the page, fetched back from Kafka (the worker keeps no pixels) by the same
+:func:`stream.framefetch.fetch_frame` that ``l2g-stream show`` uses.
 
 One consumer outside any group serves every fetch, one at a time; a frame fetched once is kept with its query
 (:attr:`~stream.ui.sessions.UiQuery.frames`), so reloading the answer costs nothing. The outline of the geometric
@@ -50,7 +51,7 @@ class FrameFetcher:
 
         Raises:
             LookupError: the answer has no such match, or the match says nothing of where its frame lives.
-            StreamError: the frame cannot be fetched or decoded (see :func:`stream.ui.framefetch.fetch_frame`).
+            StreamError: the frame cannot be fetched or decoded (see :func:`stream.framefetch.fetch_frame`).
         """
         cached = query.frames.get(index)
         if cached is not None:
@@ -61,7 +62,7 @@ class FrameFetcher:
             raise LookupError(f"match {index} has no frame reference")
         import cv2
 
-        from stream.ui.framefetch import fetch_frame
+        from stream.framefetch import fetch_frame
 
         with self._lock:
             image = fetch_frame(self.settings, ref, source=self._consumer())
