@@ -10,6 +10,8 @@ Commands::
     l2g-stream show QUERY_ID | --json F   contact sheet PNG of an answer: query, matched frames, outlines
     l2g-stream extractors [--json]        list the feature extractors, their sizes and option keys
     l2g-stream ui [--port 8080]           the web page: upload an image, see the answer live (stream.ui)
+    l2g-stream dead-letters inspect|redrive   count and list dead letters; republish the originals they carry
+    l2g-stream replay --camera X --since T    publish a camera's chunks again from an event time
 
 Global options (before or after the command): ``--config FILE`` (YAML/JSON/TOML), ``--bootstrap HOST:PORT``,
 ``--log-level``, ``--version``. Bad input exits with status 2 and a one-line message; an unreachable broker or a
@@ -31,8 +33,10 @@ from collections.abc import Callable, Sequence
 from stream.cli.args import build_parser
 from stream.cli.commands import cmd_broker, cmd_demo, cmd_query, cmd_worker
 from stream.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, CliError
+from stream.cli.deadletters import cmd_dead_letters
 from stream.cli.extractors import cmd_extractors
 from stream.cli.publish import cmd_publish
+from stream.cli.replay import cmd_replay
 from stream.cli.show import cmd_show
 from stream.cli.ui import cmd_ui
 from stream.errors import BadInputError, BrokerError, ConfigurationError, StreamError
@@ -42,6 +46,7 @@ from stream.runtime import configure_process
 __all__ = ["COMMANDS", "CliError", "build_parser", "format_result", "format_time", "main"]
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "dead-letters": cmd_dead_letters, "replay": cmd_replay,
     "demo": cmd_demo, "worker": cmd_worker, "broker": cmd_broker, "publish": cmd_publish, "query": cmd_query,
     "extractors": cmd_extractors, "ui": cmd_ui, "show": cmd_show,
 }

@@ -201,4 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_show_parser(sub, common)
     add_ui_parser(sub, common)
+
+    from stream.cli.deadletters import add_parser as add_dead_letters_parser
+    from stream.cli.replay import add_parser as add_replay_parser
+
+    add_dead_letters_parser(sub, common)
+    add_replay_parser(sub, common)
     return parser

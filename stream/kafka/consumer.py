@@ -370,6 +370,43 @@ class KafkaSource:
         self._positions.pop(partition, None)
         self._sought.add(partition)
 
+    def end_offsets(self, partitions: Collection[Partition]) -> dict[Partition, int]:
+        """The offset after the last record of each partition (its high watermark), asked of the broker now.
+
+        tansu (0.5) answers the base offset of the last record batch plus one: short when that batch holds several
+        records. :meth:`highwater` (from fetch responses) is right.
+
+        Raises:
+            BrokerError: the broker does not answer.
+        """
+        try:
+            ends = self._consumer.end_offsets([_tp(p) for p in partitions])
+        except KafkaError as exc:
+            raise BrokerError(f"cannot read the end offsets: {exc}") from exc
+        return {_part(tp): int(o) for tp, o in ends.items()}
+
+    def highwater(self, partition: Partition) -> int | None:
+        """The high watermark of an assigned partition as of the last fetch from it (None before any)."""
+        value = self._consumer.highwater(_tp(partition))
+        return None if value is None else int(value)
+
+    def offsets_for_time(self, partitions: Collection[Partition], timestamp_s: float) -> dict[Partition, int | None]:
+        """Per partition, the first offset whose Kafka timestamp is at or after ``timestamp_s`` (ListOffsets by
+        timestamp); None when no record is that recent.
+
+        Apache Kafka answers "none" with no offset; tansu answers offset 0 with timestamp -1. Both read as None (a
+        real answer always carries the record's timestamp).
+
+        Raises:
+            BrokerError: the broker does not answer or does not support the request.
+        """
+        try:
+            found = self._consumer.offsets_for_times({_tp(p): int(timestamp_s * 1000) for p in partitions})
+        except KafkaError as exc:
+            raise BrokerError(f"cannot look up offsets by time: {exc}") from exc
+        return {_part(tp): None if hit is None or hit.timestamp is None or hit.timestamp < 0 else int(hit.offset)
+                for tp, hit in found.items()}
+
     def committed(self, partition: Partition) -> int | None:
         """The group's committed offset for ``partition`` (None when nothing was committed)."""
         try:
