@@ -4,8 +4,11 @@
 2. encode a sample video with PyAV: synthetic panning cameras (H.264) plus, when present, a real clip from
    ``../shared/data/video`` re-muxed into MPEG-TS chunks;
 3. run one worker in-process (ingest, query and merge loops, ``/metrics`` on a free port);
-4. publish the chunks, wait until they are indexed, ask a query that is a partial crop of one frame;
-5. print the matches (camera, frame time, scores), the per-stage latencies, and an excerpt of ``/metrics``.
+4. publish the chunks, wait until they are indexed, ask a query that is a partial crop of one frame of the real
+   clip (of a synthetic camera, with a note, when no clip is present);
+5. print the matches (camera, frame time, scores, geometric proof), the time segments, the per-stage latencies,
+   and an excerpt of ``/metrics``;
+6. fetch the matched frames back from Kafka and write the answer's contact sheet (``--sheet``; path printed).
 
 The default extractor is the settings' (``xfeat``); when it cannot be loaded, or would not index the sample within
 the time budget on this machine, the demo says so and uses a faster one.
@@ -29,7 +32,7 @@ import numpy as np
 
 from stream.errors import ConfigurationError
 from stream.formatting import format_result, format_time
-from stream.messages import Match
+from stream.messages import Match, QueryResult
 from stream.sampling import keep_frame
 from stream.settings import Settings
 from stream.video import Segment, SyntheticCamera, encode_segments, segment_file
@@ -179,6 +182,21 @@ def _verdict(matches: Sequence[Match], camera_id: str, frame: int, timestamp: fl
             f"was cut from; {where}")
 
 
+def _write_sheet(settings: Settings, result: QueryResult, image: bytes, path: Path | None, top: int) -> Path:
+    """Write the answer's contact sheet (frames fetched back from the broker); returns its path."""
+    from stream.kafka import KafkaSource
+    from stream.show import show_result
+
+    out = path or Path(tempfile.gettempdir()) / "l2g-demo-sheet.png"
+    source = KafkaSource(settings.kafka, client_id="demo-show", group_id=None, fetch_max_wait_ms=20)
+    try:
+        report = show_result(settings, result, source=source, query_image=image, top=top)
+    finally:
+        source.close()
+    report.sheet.write_png(str(out))
+    return out
+
+
 def _metrics_excerpt(url: str | None) -> Iterator[str]:
     if url is None:
         return
@@ -258,7 +276,11 @@ def run_demo(args: argparse.Namespace, base: Settings) -> int:
             clock.say(f"indexed {int(m.value('l2g_frames_indexed_total'))} frames "
                       f"({int(m.value('l2g_frames_decoded_total'))} decoded, "
                       f"{int(m.value('l2g_frames_sampled_total'))} sampled)")
-            target = cams[0]  # a panning camera: each frame differs, so the exact frame can be found
+            if clip is not None:  # the real clip is the last camera
+                target = cams[-1]
+            else:
+                target = cams[0]  # a panning camera: each frame differs, so the exact frame can be found
+                clock.say(f"NOTE: no real clip (none in {SHARED_VIDEO}, or --no-clip): querying a synthetic camera")
             image, frame, t = _query_image(target, rate, settings.ingest.frame_max_side)
             clock.say(f"query: a 60% crop of {target.camera_id} frame {frame} ({format_time(t)})")
             with QueryClient(settings) as client:
@@ -266,6 +288,8 @@ def run_demo(args: argparse.Namespace, base: Settings) -> int:
             print()
             print(format_result(result, expected=(target.camera_id, frame)))
             print(f"\n{_verdict(result.matches, target.camera_id, frame, t)}")
+            sheet = _write_sheet(settings, result, image, args.sheet, args.k)
+            clock.say(f"contact sheet of the answer (query, matched frames fetched back from Kafka, outlines): {sheet}")
             print("\n/metrics excerpt:")
             for line in _metrics_excerpt(worker.http_url):
                 print(f"  {line}")

@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--mode", choices=MODES, default=None,
                       help=f"retrieval mode (default: {_default('query', 'mode')})")
     demo.add_argument("--k", type=positive_int, default=5, help="matches shown (default: %(default)s)")
+    demo.add_argument("--sheet", type=Path, default=None,
+                      help="where to write the answer's contact sheet PNG (default: l2g-demo-sheet.png in the "
+                           "system's temporary folder)")
 
     _add_worker(sub, common)
 

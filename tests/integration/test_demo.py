@@ -9,7 +9,9 @@ and that frame must be in the table; the latency breakdown and the /metrics exce
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import cv2
 import pytest
 
 from stream.cli import main
@@ -19,10 +21,16 @@ from stream.messages import Match
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def test_demo_finds_the_crop_and_prints_results_and_metrics(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["demo", "--extractor", "toy", "--no-clip", "--cameras", "2", "--seconds", "6"])
+def test_demo_finds_the_crop_and_prints_results_and_metrics(capsys: pytest.CaptureFixture[str],
+                                                            tmp_path: Path) -> None:
+    sheet = tmp_path / "sheet.png"
+    rc = main(["demo", "--extractor", "toy", "--no-clip", "--cameras", "2", "--seconds", "6", "--sheet", str(sheet)])
     out = capsys.readouterr().out
     assert rc == 0, out
+    assert "NOTE: no real clip" in out, out
+    assert f"contact sheet of the answer (query, matched frames fetched back from Kafka, outlines): {sheet}" in out
+    picture = cv2.imread(str(sheet))
+    assert picture is not None and picture.shape[1] > 600 and picture.shape[0] > 300
     assert re.search(r"^ 1  synthetic-1 ", out, re.MULTILINE), out
     assert "<- expected" in out, out
     verdict = re.search(r"^top match (IS the frame|is the right camera, ([\d.]+) s)", out, re.MULTILINE)
