@@ -1,8 +1,13 @@
 """The stream service end to end on the embedded tansu broker, in one run:
 
 * ``decode_only``: PyAV decode (+ RGB conversion of the sampled frames) of the clip's chunks, no Kafka, no extractor;
+* ``extract_only``: the extractor alone on the sampled frames (decoded beforehand), in batches of
+  ``ingest.batch_size``: the rate ingest would reach if decoding cost nothing;
 * ``ingest``: the same chunks through Kafka into a worker (decode, sample, extract, index, snapshot+commit);
-  ``ratio`` = ingest decoded-frames/s over decode-only decoded-frames/s;
+  ``ratio_vs_decode_only`` = ingest decoded-frames/s over decode-only decoded-frames/s, ``ratio_vs_extract_only`` =
+  ingest sampled-frames/s over extract-only frames/s (decode overlapped with extraction: close to 1), and
+  ``cameras_25fps`` = how many cameras at the clip's frame rate, sampled at ``--sample-fps``, this worker keeps up
+  with (ingest sampled-frames/s over ``--sample-fps``, when frames/s is the clip's);
 * ``query_during_ingest``: query latency while the worker ingests (client send -> result received, and the worker's
   own ``total``), p50/p99;
 * ``query_idle``: the same once ingest is done;
@@ -25,6 +30,7 @@ import argparse  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -52,12 +58,21 @@ def load_segments(clip: Path | None, seconds: float) -> tuple[str, list[Segment]
     return "synthetic", list(encode_segments(cam.frames(int(seconds * 25)), 25.0, segment_seconds=2.0))
 
 
+def _sampler(start: float, fps: float, rate: float) -> Callable[[int, float], bool]:
+    """``decode_chunk``'s ``select``: the frames kept at ``rate`` per second of event time."""
+
+    def select(index: int, offset: float) -> bool:
+        return keep_frame(start + offset, fps, rate)
+
+    return select
+
+
 def decode_only(segs: list[Segment], rate: float, max_side: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     decoded = kept = 0
     for seg in segs:
         start = START + seg.start
-        d = decode_chunk(seg.data, select=lambda i, t, s=start, f=seg.fps: keep_frame(s + t, f, rate),
+        d = decode_chunk(seg.data, select=_sampler(start, seg.fps, rate),
                          max_side=max_side)
         decoded += d.decoded
         kept += len(d.frames)
@@ -66,12 +81,34 @@ def decode_only(segs: list[Segment], rate: float, max_side: int) -> dict[str, An
             "decoded_fps": round(decoded / dt, 1)}
 
 
+def extract_only(segs: list[Segment], rate: float, max_side: int, extractor_name: str, batch: int
+                 ) -> dict[str, Any]:
+    """The extractor alone on the clip's sampled frames (``(H, W, 3)`` uint8, decoded beforehand)."""
+    from plugins import get_extractor
+
+    frames = []
+    for seg in segs:
+        start = START + seg.start
+        d = decode_chunk(seg.data, select=_sampler(start, seg.fps, rate),
+                         max_side=max_side)
+        frames += [f.image for f in d.frames]
+    extractor = get_extractor(extractor_name)
+    extractor.setup()
+    extractor.extract(np.stack(frames[:1]))  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, len(frames), batch):
+        extractor.extract(np.stack(frames[i:i + batch]))
+    dt = time.perf_counter() - t0
+    return {"frames_sampled": len(frames), "seconds": round(dt, 3), "sampled_fps": round(len(frames) / dt, 2),
+            "ms_per_frame": round(1e3 * dt / len(frames), 1)}
+
+
 def crops(segs: list[Segment], rate: float, max_side: int, n: int) -> list[tuple[bytes, int]]:
     """``n`` PNG crops (60 %) of sampled frames spread over the clip, with their frame numbers."""
     out: list[tuple[bytes, int]] = []
     for seg in segs[:: max(1, len(segs) // n)]:
         start = START + seg.start
-        d = decode_chunk(seg.data, select=lambda i, t, s=start, f=seg.fps: keep_frame(s + t, f, rate),
+        d = decode_chunk(seg.data, select=_sampler(start, seg.fps, rate),
                          max_side=max_side)
         if not d.frames:
             continue
@@ -103,6 +140,8 @@ def main() -> None:
     dec = decode_only(segs, args.sample_fps, 640)
     emit({**base, "metric": "decode_only", **dec})
     queries = crops(segs, args.sample_fps, 640, 8)
+    ext = extract_only(segs, args.sample_fps, 640, args.extractor, 8)
+    emit({**base, "metric": "extract_only", **ext})
 
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp, EmbeddedBroker() as broker:
         settings = Settings(
@@ -159,6 +198,9 @@ def main() -> None:
                   "frames_indexed": st.frames_indexed, "decoded_fps": round(ingest_fps, 1),
                   "indexed_fps": round(st.frames_indexed / span, 2),
                   "ratio_vs_decode_only": round(ingest_fps / dec["decoded_fps"], 3),
+                  "sampled_fps": round(st.frames_sampled / span, 2),
+                  "ratio_vs_extract_only": round(st.frames_sampled / span / ext["sampled_fps"], 3),
+                  "cameras_25fps": round(st.frames_sampled / span / args.sample_fps, 2),
                   "decode_seconds": round(st.decode_seconds, 3), "extract_seconds": round(st.extract_seconds, 3),
                   "extract_ms_per_frame": round(1e3 * st.extract_seconds / max(1, st.frames_indexed), 1)})
             emit({**base, "metric": "query_during_ingest", "n": len(lat_client),

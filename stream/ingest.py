@@ -10,7 +10,9 @@ a camera's chunks stay ordered on one partition). Per poll:
    ``auto_offset_reset``. Frames of a replayed chunk that the index already holds are skipped by frame key, so
    nothing is lost or indexed twice;
 2. **decode** each chunk with PyAV; frames are sampled by event time (:func:`~stream.sampling.keep_frame` at
-   ``ingest.sample_fps``), and only kept frames are converted to RGB;
+   ``ingest.sample_fps``), and only kept frames are converted to RGB. Decoding runs on a thread of its own, up to
+   :data:`DECODE_AHEAD` chunks ahead of extraction, so decode and extraction overlap (PyAV and torch release the
+   GIL); everything a chunk's decode reports (dead letters) is acted on by the loop's thread, in offset order;
 3. **shed load** without blocking: the :class:`~stream.sampling.LoadShedder` halves the rate while the consumer lag
    is high, and within a poll, once the work done plus the predicted extractor time of the frames queued exceeds
    ``poll_budget_fraction`` of ``max_poll_interval_ms``, the rest of that poll is sampled at ``min_sample_fps``;
@@ -28,8 +30,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Collection
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,6 +82,19 @@ def _source(rec: Record, index: int, image: np.ndarray) -> FrameSource:
 
 
 @dataclass
+class _Decoded:
+    """What decoding one chunk gave: its frames to extract, and the error to dead-letter it with (a bad chunk, or
+    a truncated one whose decodable frames are still indexed), acted on by the loop's thread."""
+
+    frames: list[_Frame]
+    reject: tuple[BaseException, str | None] | None = None
+
+
+DECODE_AHEAD = 2
+"""Chunks decoded ahead of extraction (each holds only its sampled frames)."""
+
+
+@dataclass
 class _Frame:
     part: Partition
     key: FrameKey
@@ -125,6 +141,7 @@ class IngestLoop:
         self._seconds_per_frame = 0.0  # EWMA of extractor time per frame (predicts a poll's remaining work)
         self._budget_s = self.cfg.poll_budget_fraction * settings.kafka.max_poll_interval_ms / 1000.0
         self._started = False
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="ingest-decode")
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -141,6 +158,7 @@ class IngestLoop:
             if self._started:
                 self.checkpoint()
         finally:
+            self._decoder.shutdown(wait=True)
             self.source.close()
             if self.health is not None:
                 self.health.forget("ingest")
@@ -241,23 +259,36 @@ class IngestLoop:
         def remaining_work() -> float:
             return (time.monotonic() - poll_start) + len(pending) * self._seconds_per_frame
 
-        for rec in records:
-            part = rec.tp
-            if part not in self.index.partitions():
-                continue  # revoked while polling: the new owner reads it
-            self.stats.chunks += 1
-            self.metrics.chunks_consumed.labels(rec.topic, str(rec.partition)).inc()
+        def decode(rec: Record) -> _Decoded:  # on the decode thread
             try:
-                frames = self._decode(rec, part, lambda: remaining_work() > self._budget_s)
+                return self._decode(rec, rec.tp, lambda: remaining_work() > self._budget_s)
             except BadInputError as exc:
-                self._reject(rec, exc)
-                frames = []
-            for frame in frames:
-                if pending and (len(pending) >= self.cfg.batch_size or pending[0].image.shape != frame.image.shape):
-                    self._extract_and_index(pending)
-                    pending = []
-                pending.append(frame)
-            done.append(rec)
+                return _Decoded([], (exc, None))
+
+        mine = [rec for rec in records if rec.tp in self.index.partitions()]  # (revoked while polling: the new
+        ahead: deque[Future[_Decoded]] = deque()  # owner reads it)
+        try:
+            for rec in mine[:DECODE_AHEAD]:
+                ahead.append(self._decoder.submit(decode, rec))
+            for i, rec in enumerate(mine):
+                self.stats.chunks += 1
+                self.metrics.chunks_consumed.labels(rec.topic, str(rec.partition)).inc()
+                decoded = ahead.popleft().result()
+                if i + DECODE_AHEAD < len(mine):
+                    ahead.append(self._decoder.submit(decode, mine[i + DECODE_AHEAD]))
+                if decoded.reject is not None:
+                    self._reject(rec, *decoded.reject)
+                for frame in decoded.frames:
+                    if pending and (len(pending) >= self.cfg.batch_size
+                                    or pending[0].image.shape != frame.image.shape):
+                        self._extract_and_index(pending)
+                        pending = []
+                    pending.append(frame)
+                done.append(rec)
+        finally:
+            for future in ahead:  # an error stops the poll: chunks decoded ahead are read again next time
+                future.cancel()
+            wait(ahead)
         if pending:
             self._extract_and_index(pending)
         for rec in done:  # in offset order per partition (a seek backwards restarts it lower: the last one wins)
@@ -285,8 +316,15 @@ class IngestLoop:
                               f"{end - time.time():.0f} s ahead of this worker's clock (ingest.max_future_s={ahead:g})",
                               reason="time_out_of_range")
 
-    def _decode(self, rec: Record, part: Partition, over_budget: Callable[[], bool]) -> list[_Frame]:
-        """Validate, decode and sample one chunk; returns the frames to extract."""
+    def _decode(self, rec: Record, part: Partition, over_budget: Callable[[], bool]) -> _Decoded:
+        """Validate, decode and sample one chunk (on the decode thread: it dead-letters nothing itself).
+
+        Returns:
+            The frames to extract, and the error to dead-letter the chunk with when it is truncated.
+
+        Raises:
+            BadInputError: the chunk is unusable.
+        """
         if rec.size > self.settings.kafka.max_message_bytes:
             raise MessageTooLargeError(f"chunk message of {rec.size} bytes exceeds kafka.max_message_bytes="
                                        f"{self.settings.kafka.max_message_bytes}")
@@ -340,12 +378,13 @@ class IngestLoop:
         truncated = result.error
         if truncated is None and chunk.frame_count is not None and result.decoded < chunk.frame_count:
             truncated = f"{result.decoded} of {chunk.frame_count} frames decodable"
+        reject = None
         if truncated is not None:  # index what came out, and report the rest (short of the container's count too)
-            self._reject(rec, VideoDecodeError(f"{camera} chunk {chunk.sequence}: {truncated}"),
-                         reason="truncated_video" if result.truncated or not result.corrupt else "corrupt_frames")
-        return [_Frame(part, FrameKey(camera, chunk.start_time + f.offset, chunk.first_frame + f.index,
-                                      _source(rec, f.index, f.image)), f.image, rec)
-                for f in result.frames]
+            reject = (VideoDecodeError(f"{camera} chunk {chunk.sequence}: {truncated}"),
+                      "truncated_video" if result.truncated or not result.corrupt else "corrupt_frames")
+        return _Decoded([_Frame(part, FrameKey(camera, chunk.start_time + f.offset, chunk.first_frame + f.index,
+                                               _source(rec, f.index, f.image)), f.image, rec)
+                         for f in result.frames], reject)
 
     def _extract(self, frames: list[_Frame]) -> list[FrameFeatures]:
         """Features of ``frames``, one per frame.
