@@ -1,4 +1,5 @@
-"""The argument parser of ``l2g-stream`` and its argument types (no command runs here).
+"""The argument parser of ``l2g-stream`` (no command runs here); its argument types live in
+:mod:`stream.cli.argtypes` (re-exported here).
 
 Every option's help ends with its default (``(default: 5)``), or says where the default comes from (``(default:
 query.k from the settings)``) when the settings supply it.
@@ -7,14 +8,12 @@ query.k from the settings)``) when the settings supply it.
 from __future__ import annotations
 
 import argparse
-import math
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from l2g_core import MODES
+from stream.cli.argtypes import port_arg, positive_float, positive_int, time_arg
 
-__all__ = ["build_parser", "positive_float", "positive_int", "time_arg", "version"]
+__all__ = ["build_parser", "port_arg", "positive_float", "positive_int", "time_arg", "version"]
 
 
 def version() -> str:
@@ -26,65 +25,6 @@ def version() -> str:
         return dist_version("l2g-stream")
     except PackageNotFoundError:
         return "unknown"
-
-
-def time_arg(text: str) -> float:
-    """Unix seconds, an ISO 8601 time (UTC when no zone), or ``now`` / ``now-10m`` / ``-90s`` (relative)."""
-    t = text.strip()
-    if t.startswith(("now", "-")):
-        rest = t[3:] if t.startswith("now") else t
-        if not rest:
-            return time.time()
-        units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-        try:
-            value = float(rest[:-1]) * units[rest[-1]] if rest[-1] in units else float(rest)
-        except (ValueError, IndexError) as exc:
-            raise argparse.ArgumentTypeError(f"bad relative time {text!r} (e.g. now-10m, -90s)") from exc
-        return time.time() + value
-    try:
-        return float(t)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(t)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"bad time {text!r}: Unix seconds, ISO 8601 or now-10m") from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
-
-
-def positive_int(text: str) -> int:
-    """An integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def port_arg(text: str) -> int:
-    """A TCP port, 0 (pick a free one) to 65535."""
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from exc
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0..65535, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def _common() -> argparse.ArgumentParser:
@@ -127,6 +67,51 @@ def _default(group: str, name: str) -> str:
     model = Settings.model_fields[group].annotation
     assert isinstance(model, type) and hasattr(model, "model_fields")
     return f"{group}.{name}, {model.model_fields[name].default}"
+
+
+def _add_dead_letters(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                      common: argparse.ArgumentParser) -> None:
+    """``dead-letters inspect|redrive`` (:mod:`stream.cli.deadletters`)."""
+    dl = sub.add_parser("dead-letters", parents=[common], help="inspect the dead-letter topic, redrive letters",
+                        description="Read the dead-letter topic (topics.dead_letters) from the beginning, outside any "
+                                    "consumer group. inspect lists and counts the letters; redrive republishes the "
+                                    "originals that letters carry to the topic they came from.")
+    dl_sub = dl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--reason", action="append", default=None,
+                         help="only letters with this reason, repeatable (default: every reason)")
+    filters.add_argument("--stage", action="append", default=None, choices=["ingest", "query", "merge"],
+                         help="only letters of this stage, repeatable (default: every stage)")
+    filters.add_argument("--since", type=time_arg, default=None,
+                         help="only letters written at or after this time (Unix, ISO 8601, now-1h; default: all)")
+    filters.add_argument("--until", type=time_arg, default=None, help="only letters written up to this time")
+    filters.add_argument("--json", action="store_true", help="JSON output (one letter per line for inspect)")
+    inspect = dl_sub.add_parser("inspect", parents=[common, filters], help="list and count dead letters")
+    inspect.add_argument("--tail", type=int, default=20, metavar="N",
+                         help="letters listed: the last N that match, 0 for counts only, -1 for all "
+                              "(default: %(default)s)")
+    redrive = dl_sub.add_parser("redrive", parents=[common, filters],
+                                help="republish the originals carried by dead letters to their source topic")
+    redrive.add_argument("--dry-run", action="store_true", help="say what would be sent, send nothing")
+    redrive.add_argument("--all", action="store_true",
+                         help="redrive every letter that matches (needed when no --reason is given)")
+
+
+def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    """``replay`` (:mod:`stream.cli.replay`)."""
+    rp = sub.add_parser("replay", parents=[common], help="publish a camera's video again from a time",
+                        description="Read the video topic back from --since (ListOffsets by timestamp, then by the "
+                                    "chunks' event time) and publish that camera's chunks again, by default to the "
+                                    "video topic: frames the workers still hold are skipped, missing ones indexed. "
+                                    "No consumer group is touched; only chunks the topic still retains are found.")
+    rp.add_argument("--camera", required=True, help="camera id (the chunks' key)")
+    rp.add_argument("--since", type=time_arg, required=True,
+                    help="event time to replay from (Unix, ISO 8601 (UTC when no zone) or now-1h)")
+    rp.add_argument("--until", type=time_arg, default=None, help="event time to stop at (default: the end)")
+    rp.add_argument("--to", default=None, metavar="TOPIC",
+                    help="publish to this existing topic instead (default: topics.video, the topic read)")
+    rp.add_argument("--dry-run", action="store_true", help="count what would be sent, send nothing")
+    rp.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,10 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_show_parser(sub, common)
     add_ui_parser(sub, common)
-
-    from stream.cli.deadletters import add_parser as add_dead_letters_parser
-    from stream.cli.replay import add_parser as add_replay_parser
-
-    add_dead_letters_parser(sub, common)
-    add_replay_parser(sub, common)
+    _add_dead_letters(sub, common)
+    _add_replay(sub, common)
     return parser

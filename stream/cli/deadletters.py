@@ -1,5 +1,5 @@
 """``l2g-stream dead-letters inspect|redrive``: look at the dead-letter topic and republish what was fixed
-(:mod:`stream.redrive` says what can be redriven)."""
+(:mod:`stream.redrive` says what can be redriven; the options are in :mod:`stream.cli.args`)."""
 
 from __future__ import annotations
 
@@ -8,41 +8,13 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from stream.cli.args import time_arg
 from stream.cli.common import CliError, check_reachable, load_settings, setup_logging
 from stream.formatting import format_time
 
 if TYPE_CHECKING:
     from stream.redrive import Letter
 
-__all__ = ["add_parser", "cmd_dead_letters"]
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    """The ``dead-letters`` command and its two subcommands."""
-    dl = sub.add_parser("dead-letters", parents=[common], help="inspect the dead-letter topic, redrive letters",
-                        description="Read the dead-letter topic (topics.dead_letters) from the beginning, outside any "
-                                    "consumer group. inspect lists and counts the letters; redrive republishes the "
-                                    "originals that letters carry to the topic they came from.")
-    dl_sub = dl.add_subparsers(dest="action", required=True, metavar="ACTION")
-    filters = argparse.ArgumentParser(add_help=False)
-    filters.add_argument("--reason", action="append", default=None,
-                         help="only letters with this reason, repeatable (default: every reason)")
-    filters.add_argument("--stage", action="append", default=None, choices=["ingest", "query", "merge"],
-                         help="only letters of this stage, repeatable (default: every stage)")
-    filters.add_argument("--since", type=time_arg, default=None,
-                         help="only letters written at or after this time (Unix, ISO 8601, now-1h; default: all)")
-    filters.add_argument("--until", type=time_arg, default=None, help="only letters written up to this time")
-    filters.add_argument("--json", action="store_true", help="JSON output (one letter per line for inspect)")
-    inspect = dl_sub.add_parser("inspect", parents=[common, filters], help="list and count dead letters")
-    inspect.add_argument("--tail", type=int, default=20, metavar="N",
-                         help="letters listed: the last N that match, 0 for counts only, -1 for all "
-                              "(default: %(default)s)")
-    redrive = dl_sub.add_parser("redrive", parents=[common, filters],
-                                help="republish the originals carried by dead letters to their source topic")
-    redrive.add_argument("--dry-run", action="store_true", help="say what would be sent, send nothing")
-    redrive.add_argument("--all", action="store_true",
-                         help="redrive every letter that matches (needed when no --reason is given)")
+__all__ = ["cmd_dead_letters"]
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:

@@ -1,33 +1,16 @@
 """``l2g-stream replay --camera X --since T``: publish a camera's chunks again from a point in event time
-(:mod:`stream.replay` says how and why it republishes rather than resetting offsets)."""
+(:mod:`stream.replay` says how and why it republishes rather than resetting offsets; the options are in
+:mod:`stream.cli.args`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from stream.cli.args import time_arg
 from stream.cli.common import CliError, check_reachable, load_settings, setup_logging
 from stream.formatting import format_time
 
-__all__ = ["add_parser", "cmd_replay"]
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    """The ``replay`` command."""
-    rp = sub.add_parser("replay", parents=[common], help="publish a camera's video again from a time",
-                        description="Read the video topic back from --since (ListOffsets by timestamp, then by the "
-                                    "chunks' event time) and publish that camera's chunks again, by default to the "
-                                    "video topic: frames the workers still hold are skipped, missing ones indexed. "
-                                    "No consumer group is touched; only chunks the topic still retains are found.")
-    rp.add_argument("--camera", required=True, help="camera id (the chunks' key)")
-    rp.add_argument("--since", type=time_arg, required=True,
-                    help="event time to replay from (Unix, ISO 8601 (UTC when no zone) or now-1h)")
-    rp.add_argument("--until", type=time_arg, default=None, help="event time to stop at (default: the end)")
-    rp.add_argument("--to", default=None, metavar="TOPIC",
-                    help="publish to this existing topic instead (default: topics.video, the topic read)")
-    rp.add_argument("--dry-run", action="store_true", help="count what would be sent, send nothing")
-    rp.add_argument("--json", action="store_true", help="print the report as JSON")
+__all__ = ["cmd_replay"]
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
