@@ -14,7 +14,7 @@ __all__ = ["add_show_parser", "cmd_show"]
 def add_show_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
                     ) -> None:
     """The ``show`` subcommand's options."""
-    from stream.cli.args import positive_float, positive_int
+    from stream.cli.argtypes import positive_float, positive_int
 
     show = sub.add_parser(
         "show", parents=[common], help="draw an answer: query, matched frames and outlines as a PNG",

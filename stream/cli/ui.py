@@ -15,7 +15,7 @@ __all__ = ["add_ui_parser", "cmd_ui"]
 
 def add_ui_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """The ``ui`` subcommand's options."""
-    from stream.cli.args import port_arg
+    from stream.cli.argtypes import port_arg
 
     ui = sub.add_parser("ui", parents=[common], help="serve the web page (upload an image, see the answer live)",
                         description="Serve the query page: a separate process that speaks Kafka like any client "
