@@ -35,8 +35,8 @@ def test_the_query_outline_lands_where_the_crop_was_cut() -> None:
     np.testing.assert_allclose(g.polygon, [[100, 50], [400, 50], [400, 200], [100, 200]], atol=0.5)
     assert g.box == pytest.approx((100, 50, 400, 200), abs=0.5)
     # clipped to the frame
-    g2 = find_geometry(desc, kps, (100, 200), desc, kps * 1.5 + np.array([500.0, 300.0], np.float32), (360, 640),
-                       min_similarity=0.8, threshold=3.0)
+    moved = (kps * 1.5 + np.array([500.0, 300.0])).astype(np.float32)
+    g2 = find_geometry(desc, kps, (100, 200), desc, moved, (360, 640), min_similarity=0.8, threshold=3.0)
     assert g2.box is not None and g2.box[2] == 640.0 and g2.box[3] == 360.0
 
 
@@ -58,7 +58,7 @@ def test_verify_hits_proves_the_first_top_and_leaves_the_rest() -> None:
                        global_descriptors=np.zeros((3, 4), np.float32),
                        descriptors=[desc.astype(np.float16), np.zeros((0, 32), np.float16), desc.astype(np.float16)],
                        keypoints=[kps + 10, np.zeros((0, 2), np.float32), kps])
-    query = PreparedQuery(desc, kps, np.ones(4, np.float32) / 2)
+    query = PreparedQuery(desc, kps, np.full(4, 0.5, np.float32))
     hits = [Hit(k, s) for k, s in zip(keys, (0.9, 0.5, 0.1), strict=True)]
     out = verify_hits(query, (100, 200), cands, hits, 2, config=CFG)
     assert out[0] is not None and out[0].status == "verified"
