@@ -22,26 +22,18 @@ A reader accepts any version up to :data:`SCHEMA_VERSION` of a kind and rejects 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
-from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import unquote, urlparse
+from typing import Literal, TypeVar
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    WithJsonSchema,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
 from l2g_core import Coverage, Mode, Stage
+from stream.match_messages import FrameRef, Match, MatchGeometry, Segment
+from stream.message_base import SCHEMA_VERSION, Base64Payload, Reference
+from stream.message_base import Schema as _Schema
+from stream.message_base import one_payload as _one_payload
 
-__all__ = [
+__all__ = [  # (FrameRef, Match, MatchGeometry, Segment: stream.match_messages; re-exported)
     "SCHEMAS",
     "SCHEMA_VERSION",
     "CandidatePartial",
@@ -58,61 +50,6 @@ __all__ = [
     "Segment",
     "VideoChunk",
 ]
-
-SCHEMA_VERSION = 1
-
-
-def _b64decode(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"not valid base64: {exc}") from exc
-    return value
-
-
-Base64Payload = Annotated[
-    bytes,
-    BeforeValidator(_b64decode),
-    PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64"}),  # deploy/schemas: base64 in JSON
-]
-
-
-def _check_ref(value: str) -> str:
-    """A claim-check reference must parse: no NUL byte (raw or percent-encoded), a well-formed URL host part.
-
-    ``stream.refs.resolve_ref`` would otherwise fail with a bare ValueError (``os.path.realpath``: embedded null
-    byte; ``urlparse``: invalid IPv6 URL) instead of dead-lettering the message.
-    """
-    if "\x00" in value or "\x00" in unquote(value):
-        raise ValueError("reference contains a NUL byte")
-    try:
-        urlparse(value)
-    except ValueError as exc:
-        raise ValueError(f"malformed reference: {exc}") from exc
-    return value
-
-
-Reference = Annotated[str, AfterValidator(_check_ref)]
-
-
-class _Schema(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
-
-    version: int = Field(SCHEMA_VERSION, ge=1)
-
-    @model_validator(mode="after")
-    def _known_version(self) -> _Schema:
-        if self.version > SCHEMA_VERSION:
-            raise ValueError(f"schema version {self.version} is newer than this reader ({SCHEMA_VERSION})")
-        return self
-
-
-def _one_payload(data: bytes | None, ref: str | None, what: str) -> None:
-    if (data is None) == (ref is None):
-        raise ValueError(f"exactly one of {what} and ref must be set")
-
 
 class VideoChunk(_Schema):
     """One self-contained encoded video segment of one camera (MPEG-TS or MP4), keyed by camera id.
@@ -196,101 +133,6 @@ class Query(_Schema):
             self.time_from if self.time_from is not None else float("-inf"),
             self.time_to if self.time_to is not None else float("inf"),
         )
-
-
-class FrameRef(_Schema):
-    """Where a matched frame's pixels live, so a client can decode it again from Kafka (the worker keeps none).
-
-    Read the record at ``topic``/``partition``/``offset`` (a :class:`VideoChunk`), decode its segment and take
-    the decoded frame number ``frame_index`` (0-based, counting every decoded frame of the chunk, sampled or not;
-    ``frame == chunk.first_frame + frame_index``).
-
-    Attributes:
-        topic: the video topic.
-        partition: the record's partition.
-        offset: the record's offset.
-        frame_index: the frame's position among the chunk's decoded frames.
-    """
-
-    topic: str = Field(min_length=1, max_length=256)
-    partition: int = Field(ge=0)
-    offset: int = Field(ge=0)
-    frame_index: int = Field(ge=0)
-
-
-class MatchGeometry(_Schema):
-    """Geometric proof of a match: the query image's outline found in the matched frame.
-
-    Mutual nearest-neighbour matches of the query's and the frame's stored local features, and one RANSAC
-    homography (or a partial affine transform when a homography is degenerate) through them. Coordinates are
-    pixels of the frame as indexed (``frame_size``; a client that decodes the frame at another size scales them).
-
-    Attributes:
-        status: ``verified``: a consistent transform with at least the minimum inliers; ``no_geometry``: none
-            (``reason`` says why; the other fields are empty or zero).
-        model: ``homography`` or ``affine``.
-        inliers: correspondences consistent with the transform.
-        correspondences: mutual nearest-neighbour matches tried.
-        transform: 3x3 row-major matrix mapping query pixels ``(x, y, 1)`` to frame pixels.
-        polygon: the query image's corners (top-left, top-right, bottom-right, bottom-left) in frame pixels
-            ``[x, y]``.
-        box: ``[x0, y0, x1, y1]``: the polygon's bounding box clipped to the frame.
-        frame_size: ``[width, height]`` of the frame the coordinates refer to.
-        reason: why there is no geometry (``no_geometry``), e.g. ``too few correspondences (3 < 4)``.
-    """
-
-    status: Literal["verified", "no_geometry"]
-    model: Literal["homography", "affine"] | None = None
-    inliers: int = Field(0, ge=0)
-    correspondences: int = Field(0, ge=0)
-    transform: list[list[float]] | None = Field(None, min_length=3, max_length=3)
-    polygon: list[tuple[float, float]] | None = Field(None, min_length=4, max_length=4)
-    box: tuple[float, float, float, float] | None = None
-    frame_size: tuple[int, int] | None = None
-    reason: str | None = Field(None, max_length=512)
-
-
-class Match(_Schema):
-    """One frame that matches a query.
-
-    Attributes:
-        camera_id, frame, timestamp: the frame (frame number within the camera's stream; Unix time).
-        score: final score of the mode (higher is better).
-        stage_scores: score per stage (``local``, ``global``, ``l2g``, ``inliers``, ...).
-        frame_ref: where the frame can be fetched back from Kafka; None when unknown (a frame indexed before the
-            index kept chunk positions).
-        geometry: the geometric proof (the first ``query.verify_top`` matches); None when not verified.
-    """
-
-    camera_id: str
-    frame: int
-    timestamp: float
-    score: float
-    stage_scores: dict[str, float] = Field(default_factory=dict)
-    frame_ref: FrameRef | None = None
-    geometry: MatchGeometry | None = None
-
-
-class Segment(_Schema):
-    """A per-camera time range of an answer: matches of one camera whose times are close merged into one.
-
-    Attributes:
-        camera_id: the camera.
-        start, end: Unix times of the segment's earliest and latest matched frame (inclusive).
-        best_frame, best_timestamp: the segment's best-scoring match (frame number; Unix time).
-        score: that match's score.
-        frame_count: matches in the segment.
-        match_indices: positions of the segment's matches in ``QueryResult.matches``, best first.
-    """
-
-    camera_id: str
-    start: float
-    end: float
-    best_frame: int
-    best_timestamp: float
-    score: float
-    frame_count: int = Field(ge=1)
-    match_indices: list[int] = Field(default_factory=list)
 
 
 class CandidateSection(_Schema):

@@ -48,7 +48,8 @@ def test_plugins_do_not_import_stream() -> None:
 PRODUCT = ("l2g_core", "plugins", "stream")
 MAX_MODULE_LINES = 500
 L2G_CORE_API = {
-    "MAX_K", "MODES", "Candidates", "ConfigError", "Coverage", "FrameFeatures", "FrameKey", "Hit", "IndexConfig",
+    "MAX_K", "MODES", "Candidates", "ConfigError", "Coverage", "FrameFeatures", "FrameKey", "FrameSource", "Hit",
+    "IndexConfig",
     "IndexStateError", "IndexStats", "L2GError", "Mode", "PreparedQuery", "Ranking", "RetrievalConfig", "Retriever",
     "RollingIndex", "SearchPlan", "SearchResult", "ShapeError", "SnapshotError", "Stage", "Transport",
     "l2_normalize", "merge_candidates", "prepare_query", "search", "stage1", "stage2",
