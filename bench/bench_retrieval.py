@@ -1,128 +1,136 @@
-"""The four retrieval modes compared in one run on real images: mAP and query latency per mode.
+"""The four retrieval modes compared on the same real queries, with bootstrap intervals and paired differences.
 
-Datasets (from ``../shared/data``; the bench exits with a message when it is absent):
+Collections (``bench.collections``; from ``../shared/data``, the bench exits with a message when it is absent):
+``landmarks``, ``landmarks+video`` (the landmark queries with every video frame as a distractor) and ``video``
+(crop and whole-frame queries of the real clips, reported separately for the ``tune`` and the held-out ``report``
+clips, see :data:`bench.collections.REPORT_CLIPS`).
 
-* ``landmarks``: the landmark photos of ``gt/landmark_groups.json``; every photo queries all the others;
-  positives are the other photos of its group (revisited protocol, the query itself is junk).
-* ``video``: frames sampled from the real clips in ``video/`` (one camera per clip); queries are partial
-  views of random frames: a 25-50 % area crop, rescaled by 0.6-1.4 and with brightness/gamma changed.
-  Positives are frames of the same clip within ``--window`` seconds of the source frame.
+Per mode and query set: frame-level mAP, same-clip mAP, segment AP (the ranking merged into per-camera time
+segments by :func:`l2g_core.segments.segment_hits`; the first segment that overlaps the positive window counts),
+P@1, the median time error of the top match, each with a 95 % bootstrap interval over queries; and the paired
+bootstrap of ``l2g - mode`` for every baseline (``significant``: the interval excludes 0).
 
-Run: ``python -m bench.bench_retrieval [--extractor xfeat] [--datasets landmarks video]``; JSON lines on stdout.
+Run: ``python -m bench.bench_retrieval [--extractor xfeat] [--datasets landmarks video] [--set FIELD=VALUE ...]``;
+JSON lines on stdout, a table on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
-import cv2
 import numpy as np
 import torch
 
+from bench.collections import Collection, landmarks, video, with_distractors
 from bench.common import SHARED_DATA, emit, machine, percentiles, progress
-from l2g_core import MODES, FrameFeatures, FrameKey, IndexConfig, RetrievalConfig, Retriever, RollingIndex
-from l2g_core.evaluation import GroundTruth, load_groups, mean_average_precision, precision_at_k, recall_at_k
+from bench.feature_cache import DEFAULT_CACHE, cached_features
+from l2g_core import MODES, FrameFeatures, IndexConfig, RetrievalConfig, Retriever, RollingIndex
+from l2g_core.evaluation import average_precision, precision_at_k, segment_average_precision, time_error
 from l2g_core.index.backend import configure_faiss
+from l2g_core.segments import default_gap, segment_hits
+from l2g_core.statistics import bootstrap_mean, paired_difference
+from l2g_core.types import Hit
+
+METRICS = ("mAP", "clip_mAP", "segment_AP", "P@1")
 
 
 @dataclass
-class Collection:
-    """Database frames and queries with their ground truth."""
+class ModeRun:
+    """Per-query results of one mode on one collection.
 
-    name: str
-    keys: list[FrameKey]
-    images: list[np.ndarray]
-    query_images: list[np.ndarray]
-    query_gt: list[GroundTruth]
+    Attributes:
+        values: metric name -> ``(Q,)`` float64 per-query values (AP, P@1 ... in [0, 1]; NaN when undefined).
+        time_error_s: ``(Q,)`` seconds between the top match and the source frame (inf: other camera).
+        latency_s: ``(Q,)`` query seconds.
+    """
 
-
-def _load_rgb(path: Path, max_side: int) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise SystemExit(f"cannot read {path}")
-    scale = max_side / max(img.shape[:2])
-    if scale < 1:
-        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(img[:, :, ::-1])
+    values: dict[str, np.ndarray]
+    time_error_s: np.ndarray
+    latency_s: np.ndarray
 
 
-def landmarks(root: Path, max_side: int) -> Collection:
-    groups = load_groups(root / "gt" / "landmark_groups.json")
-    paths = [p for items in groups.values() for p in items]
-    keys = [FrameKey(Path(p).parent.name, float(i), i) for i, p in enumerate(paths)]
-    key_of = dict(zip(paths, keys, strict=True))
-    images = [_load_rgb(root / p, max_side) for p in paths]
-    gts = []
-    for p in paths:
-        group = next(items for items in groups.values() if p in items)
-        gts.append(GroundTruth(ok=frozenset(key_of[o] for o in group if o != p), junk=frozenset({key_of[p]})))
-    return Collection("landmarks", keys, images, images, gts)
+def score_rankings(collection: Collection, rankings: Sequence[Sequence[Hit]], gap: float) -> dict[str, np.ndarray]:
+    """Per-query metrics of ``rankings`` (one per query of ``collection``), plus ``time_error``."""
+    out: dict[str, list[float]] = {m: [] for m in (*METRICS, "time_error")}
+    for query, hits in zip(collection.queries, rankings, strict=True):
+        keys = [h.key for h in hits]
+        out["mAP"].append(average_precision(keys, query.gt))
+        out["clip_mAP"].append(average_precision(keys, query.clip_gt))
+        out["P@1"].append(precision_at_k(keys, query.gt, 1))
+        src = query.source
+        if collection.window > 0:
+            segments = [(s.camera_id, s.start, s.end) for s in segment_hits(hits, gap)]
+            window = (src.timestamp - collection.window, src.timestamp + collection.window)
+            out["segment_AP"].append(segment_average_precision(segments, src.camera_id, window))
+            top = hits[0].key if hits else None
+            out["time_error"].append(float("inf") if top is None else
+                                     time_error(top.camera_id, top.timestamp, src.camera_id, src.timestamp))
+        else:
+            out["segment_AP"].append(float("nan"))
+            out["time_error"].append(float("nan"))
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
-def _sample_clip(path: Path, fps: float, max_side: int, limit: int) -> Iterator[tuple[float, np.ndarray]]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        next_t = 0.0
-        count = 0
-        for frame in container.decode(stream):
-            if frame.time is None or frame.time + 1e-6 < next_t:
-                continue
-            next_t = frame.time + 1.0 / fps
-            scale = min(1.0, max_side / max(frame.width, frame.height))
-            w, h = int(frame.width * scale) // 2 * 2, int(frame.height * scale) // 2 * 2
-            yield float(frame.time), frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
-            count += 1
-            if count >= limit:
-                return
+def run_modes(collection: Collection, db: list[FrameFeatures], queries: list[FrameFeatures], config: RetrievalConfig,
+              k: int, modes: Sequence[str], gap: float, index_kind: str = "flat") -> dict[str, ModeRun]:
+    """Every mode over the same index and queries."""
+    first = db[0]
+    index = RollingIndex(IndexConfig(local_dim=first.descriptors.shape[1], global_dim=first.global_descriptor.shape[0],
+                                     retention_seconds=None, index_kind=index_kind))  # type: ignore[arg-type]
+    index.add(collection.keys, db)
+    retriever = Retriever(index, config)
+    runs = {}
+    for mode in modes:
+        rankings, times = [], []
+        for q in queries:
+            t = time.perf_counter()
+            res = retriever.search(q, mode=mode, k=min(k, len(index)))
+            times.append(time.perf_counter() - t)
+            rankings.append(res.hits)
+        values = score_rankings(collection, rankings, gap)
+        runs[mode] = ModeRun(values, values.pop("time_error"), np.asarray(times))
+    return runs
 
 
-def _partial_view(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    h, w = img.shape[:2]
-    area = rng.uniform(0.25, 0.5)
-    aspect = rng.uniform(0.75, 1.33)
-    ch = int(min(h, np.sqrt(area * h * w / aspect)))
-    cw = int(min(w, area * h * w / max(ch, 1)))
-    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    crop = img[y : y + ch, x : x + cw]
-    scale = rng.uniform(0.6, 1.4)
-    crop = cv2.resize(crop, (max(32, int(cw * scale)), max(32, int(ch * scale))), interpolation=cv2.INTER_AREA)
-    gain, gamma = rng.uniform(0.7, 1.3), rng.uniform(0.7, 1.4)
-    out = np.clip(255.0 * (crop / 255.0) ** gamma * gain, 0, 255)
-    return np.ascontiguousarray(out.astype(np.uint8))
+def _subset(runs: dict[str, ModeRun], mask: np.ndarray) -> dict[str, ModeRun]:
+    return {m: ModeRun({k: v[mask] for k, v in r.values.items()}, r.time_error_s[mask], r.latency_s[mask])
+            for m, r in runs.items()}
 
 
-def video(root: Path, max_side: int, fps: float, per_clip: int, queries_per_clip: int, window: float,
-          seed: int = 0) -> Collection:
-    rng = np.random.default_rng(seed)
-    keys: list[FrameKey] = []
-    images: list[np.ndarray] = []
-    q_images: list[np.ndarray] = []
-    gts: list[GroundTruth] = []
-    for clip in sorted((root / "video").iterdir()):
-        start = len(keys)
-        for t, img in _sample_clip(clip, fps, max_side, per_clip):
-            keys.append(FrameKey(clip.stem, t, len(keys)))
-            images.append(img)
-        clip_keys = keys[start:]
-        progress(f"  {clip.name}: {len(clip_keys)} frames")
-        for i in rng.choice(len(clip_keys), size=min(queries_per_clip, len(clip_keys)), replace=False):
-            src = clip_keys[int(i)]
-            q_images.append(_partial_view(images[start + int(i)], rng))
-            gts.append(GroundTruth(ok=frozenset(k for k in clip_keys if abs(k.timestamp - src.timestamp) <= window)))
-    return Collection("video", keys, images, q_images, gts)
-
-
-def extract_all(extractor: object, images: list[np.ndarray]) -> list[FrameFeatures]:
-    out: list[FrameFeatures] = []
-    for img in images:
-        out += extractor.extract(img[None])  # type: ignore[attr-defined]
+def summarize(runs: dict[str, ModeRun], reference: str = "l2g") -> dict[str, dict[str, object]]:
+    """Per mode: every metric with its interval (percent), the median time error, latency, and the paired
+    difference ``reference - mode`` for every metric."""
+    out: dict[str, dict[str, object]] = {}
+    for mode, run in runs.items():
+        row: dict[str, object] = {m: bootstrap_mean(v).scaled(100) for m, v in run.values.items()}
+        finite = np.where(np.isfinite(run.time_error_s), run.time_error_s, 1e6)
+        if np.isfinite(run.time_error_s).any() or np.isinf(run.time_error_s).any():
+            row["median_time_error_s"] = bootstrap_mean(finite, statistic="median").scaled(1)
+        row.update(percentiles(run.latency_s.tolist(), (50, 95)))
+        if reference in runs and mode != reference:
+            row[f"{reference}_minus"] = {
+                m: {**(d := paired_difference(runs[reference].values[m], v)).scaled(100), "significant": d.significant}
+                for m, v in run.values.items()}
+        out[mode] = row
     return out
+
+
+def _fmt(cell: object) -> str:
+    if isinstance(cell, dict) and "value" in cell:
+        return f"{cell['value']:.1f} [{cell['low']:.1f}, {cell['high']:.1f}]"
+    return "-"
+
+
+def print_table(title: str, summary: dict[str, dict[str, object]]) -> None:
+    """A human table on stderr."""
+    progress(f"\n{title}")
+    progress(f"{'mode':16s}" + "".join(f"{m:>22s}" for m in (*METRICS, "median_time_error_s")))
+    for mode, row in summary.items():
+        progress(f"{mode:16s}" + "".join(f"{_fmt(row.get(m)):>22s}" for m in (*METRICS, "median_time_error_s")))
 
 
 def _field_value(config: RetrievalConfig, name: str, text: str) -> object:
@@ -131,73 +139,83 @@ def _field_value(config: RetrievalConfig, name: str, text: str) -> object:
     return text if isinstance(current, str) else type(current)(text)
 
 
-def run(collection: Collection, extractor_name: str, config: RetrievalConfig, k: int,
-        modes: Sequence[str] = MODES) -> None:
+def query_sets(collection: Collection) -> dict[str, np.ndarray]:
+    """Masks of the reported query sets: all, per split and per kind (when there is more than one)."""
+    splits = np.array([q.split for q in collection.queries])
+    kinds = np.array([q.kind for q in collection.queries])
+    sets = {"all": np.ones(len(splits), bool)}
+    for value in sorted(set(splits)) if len(set(splits)) > 1 else []:
+        sets[value] = splits == value
+        for kind in sorted(set(kinds)) if len(set(kinds)) > 1 else []:
+            sets[f"{value}/{kind}"] = (splits == value) & (kinds == kind)
+    return sets
+
+
+def evaluate(collection: Collection, extractor_name: str, config: RetrievalConfig, k: int, modes: Sequence[str],
+             gap: float, cache: Path | None, index_kind: str = "flat",
+             extra: Callable[[], dict[str, object]] = dict) -> None:
+    """Extract (or read from the cache), run every mode, emit one JSON line per (query set, mode)."""
     import plugins
 
     extractor = plugins.get_extractor(extractor_name)
-    progress(f"{collection.name}: extracting {len(collection.images)} frames and "
-             f"{len(collection.query_images)} queries with {extractor_name}")
-    t0 = time.perf_counter()
-    db = extract_all(extractor, collection.images)
-    extract_s = time.perf_counter() - t0
-    queries = extract_all(extractor, collection.query_images)
-    index = RollingIndex(IndexConfig(local_dim=extractor.local_dim, global_dim=extractor.global_dim,
-                                     retention_seconds=None, bucket_seconds=1e6, index_kind="flat"))
-    index.add(collection.keys, db)
-    retriever = Retriever(index, config)
-    for mode in modes:
-        rankings, times = [], []
-        for q in queries:
-            t = time.perf_counter()
-            res = retriever.search(q, mode=mode, k=min(k, len(index)))
-            times.append(time.perf_counter() - t)
-            rankings.append([h.key for h in res.hits])
-        gts = collection.query_gt
-        pairs = list(zip(rankings, gts, strict=True))
-        emit({
-            "bench": "retrieval", "dataset": collection.name, "extractor": extractor_name, "mode": mode,
-            "db_frames": len(index), "queries": len(queries),
-            "mAP": round(100 * mean_average_precision(rankings, gts), 2),
-            "P@1": round(100 * float(np.mean([precision_at_k(r, g, 1) for r, g in pairs])), 2),
-            "R@10": round(100 * float(np.nanmean([recall_at_k(r, g, 10) for r, g in pairs])), 2),
-            **percentiles(times, (50, 95)), "extract_db_s": round(extract_s, 1),
-            "config": {"shortlist": config.shortlist, "rerank_k": config.rerank_k,
-                       "fusion_weight": config.fusion_weight, "graph_neighbors": config.graph_neighbors,
-                       "mds_query_weight": config.mds_query_weight, "mds_score": config.mds_score},
-            **machine(),
-        })
+    db = cached_features(extractor, collection.images, f"{collection.name}-db", cache)
+    queries = cached_features(extractor, [q.image for q in collection.queries], f"{collection.name}-q", cache)
+    runs = run_modes(collection, db, queries, config, k, modes, gap, index_kind)
+    for name, mask in query_sets(collection).items():
+        summary = summarize(_subset(runs, mask))
+        print_table(f"{collection.name} / {name} ({int(mask.sum())} queries, {len(db)} frames, {extractor_name})",
+                    summary)
+        for mode, row in summary.items():
+            emit({"bench": "retrieval", "dataset": collection.name, "queries_set": name, "extractor": extractor_name,
+                  "mode": mode, "db_frames": len(db), "queries": int(mask.sum()), "index_kind": index_kind, **row,
+                  "config": {f: getattr(config, f) for f in ("shortlist", "rerank_k", "fusion_weight",
+                                                             "graph_neighbors", "mds_query_weight", "mds_score")},
+                  **extra(), **machine()})
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--extractor", default="xfeat")
-    parser.add_argument("--datasets", nargs="+", default=["landmarks", "video"])
+    parser.add_argument("--datasets", nargs="+", default=["landmarks", "landmarks+video", "video"],
+                        choices=["landmarks", "landmarks+video", "video"])
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--max-side", type=int, default=640)
-    parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video")
-    parser.add_argument("--per-clip", type=int, default=40)
-    parser.add_argument("--queries-per-clip", type=int, default=6)
+    parser.add_argument("--fps", type=float, default=1.0, help="database frames sampled per second of video")
+    parser.add_argument("--per-clip", type=int, default=40, help="database frames per clip at most")
+    parser.add_argument("--crops-per-clip", type=int, default=24)
+    parser.add_argument("--frames-per-clip", type=int, default=6)
     parser.add_argument("--window", type=float, default=2.0, help="seconds around the source frame that count")
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--fusion-weight", type=float, default=None)
+    parser.add_argument("--index-kind", default="flat", choices=["flat", "ivfpq"])
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="RetrievalConfig fields, e.g. mds_query_weight=1000 mds_score=distance")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="feature cache folder")
+    parser.add_argument("--no-cache", action="store_true")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"shared data not found at {args.data}; nothing to benchmark")
     torch.set_num_threads(2)
     configure_faiss()  # process-wide FAISS settings, as the worker applies them
-    config = RetrievalConfig(shortlist=700, rerank_k=100)
-    if args.fusion_weight is not None:
-        config = config.replace(fusion_weight=args.fusion_weight)
+    config = RetrievalConfig()
     if args.set:
         config = config.replace(**{k: _field_value(config, k, v) for k, v in (a.split("=", 1) for a in args.set)})
+    cache = None if args.no_cache else args.cache
+    gap = default_gap(args.fps)
+    clips: Collection | None = None
     for name in args.datasets:
-        coll = landmarks(args.data, args.max_side) if name == "landmarks" else video(
-            args.data, args.max_side, args.fps, args.per_clip, args.queries_per_clip, args.window)
-        run(coll, args.extractor, config, args.k, args.modes)
+        if name != "landmarks" and clips is None:
+            clips = video(args.data, args.max_side, args.fps, args.per_clip, args.crops_per_clip,
+                          args.frames_per_clip, args.window)
+        if name == "video":
+            assert clips is not None
+            coll = clips
+        else:
+            coll = landmarks(args.data, args.max_side)
+            if name == "landmarks+video":
+                assert clips is not None
+                coll = with_distractors(coll, clips)
+        evaluate(coll, args.extractor, config, args.k, args.modes, gap, cache, args.index_kind)
 
 
 if __name__ == "__main__":

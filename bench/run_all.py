@@ -21,8 +21,8 @@ from bench.common import SHARED_DATA, emit, progress
 # (name, module, full arguments, quick arguments, needs shared data)
 BENCHES: tuple[tuple[str, str, list[str], list[str], bool], ...] = (
     ("core_scale", "bench.bench_core_scale", [], ["--sizes", "10000", "--queries", "5"], False),
-    ("retrieval", "bench.bench_retrieval", [], ["--per-clip", "12", "--queries-per-clip", "2",
-                                              "--datasets", "video"], True),
+    ("retrieval", "bench.bench_retrieval", [], ["--per-clip", "12", "--crops-per-clip", "2",
+                                              "--frames-per-clip", "1", "--no-cache", "--datasets", "video"], True),
     ("extractors", "bench.bench_extractors", [],
      ["--extractors", "xfeat", "rootsift", "--min-seconds", "1", "--min-batches", "1", "--batches", "1",
       "--sizes", "640x360", "--skip-correctness"], False),

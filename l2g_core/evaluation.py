@@ -22,6 +22,8 @@ __all__ = [
     "mean_average_precision",
     "precision_at_k",
     "recall_at_k",
+    "segment_average_precision",
+    "time_error",
 ]
 
 
@@ -100,3 +102,22 @@ def group_ground_truth(
         members = frozenset(groups[group_of[q]]) if q in group_of else frozenset()
         out.append(GroundTruth(ok=members - {q}, junk=frozenset({q})))
     return out
+
+
+def segment_average_precision(segments: Sequence[tuple[str, float, float]], camera_id: str,
+                              window: tuple[float, float]) -> float:
+    """AP of a ranked list of time segments when one camera's time window is the single positive.
+
+    A segment ``(camera_id, start, end)`` is a hit when it is on ``camera_id`` and overlaps ``window``
+    (``start <= window[1]`` and ``end >= window[0]``); with one positive the AP is the reciprocal rank of the first
+    hit (0 when none).
+    """
+    for rank, (camera, start, end) in enumerate(segments, start=1):
+        if camera == camera_id and start <= window[1] and end >= window[0]:
+            return 1.0 / rank
+    return 0.0
+
+
+def time_error(camera_id: str, timestamp: float, source_camera: str, source_time: float) -> float:
+    """Seconds between a top match and the query's source frame; ``inf`` on another camera."""
+    return abs(timestamp - source_time) if camera_id == source_camera else float("inf")
