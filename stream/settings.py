@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from l2g_core import L2GError, Mode, RetrievalConfig
 from stream.errors import ConfigurationError
+from stream.redact import redact_secrets
 
 __all__ = ["ENV_PREFIX", "ExtractorSettings", "HttpSettings", "IndexSettings", "IngestSettings", "KafkaSettings",
            "QuerySettings", "RuntimeSettings", "Settings", "StorageSettings", "TopicSettings", "UiSettings"]
@@ -396,19 +397,6 @@ class _FileSource(PydanticBaseSettingsSource):
 
 _FREE_FORM = (("kafka", "consumer_extra"), ("kafka", "producer_extra"), ("extractor", "options"),
               ("index", "retrieval"))
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "api_key", "apikey", "private_key")
-_MASK = "**********"
-
-
-def _mask_secrets(value: Any) -> Any:
-    """``value`` with every mapping entry whose key names a secret replaced by a mask (recursively)."""
-    if isinstance(value, dict):
-        return {k: _MASK if any(w in str(k).lower() for w in _SECRET_WORDS) and v is not None else _mask_secrets(v)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mask_secrets(v) for v in value]
-    return value
-
 
 class Settings(BaseSettings):
     """All settings of a worker, the demo and the CLI tools. See the module docstring for the sources."""
@@ -501,5 +489,5 @@ class Settings(BaseSettings):
         """
         data = self.model_dump(mode="json")
         for group, name in _FREE_FORM:
-            data[group][name] = _mask_secrets(data[group][name])
+            data[group][name] = redact_secrets(data[group][name])
         return data
