@@ -2,14 +2,18 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The faiss build, an exclusive choice (pyproject extras `cpu` or `gpu`): `make setup FAISS=gpu` on a CUDA host
+# (setup uninstalls the other build first: the two wheels write the same `faiss` module).
+FAISS ?= cpu
 # pyproject.toml gives version ranges; constraints.txt pins the tested versions exactly.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(FAISS)-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
 .PHONY: setup demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip uninstall --disable-pip-version-check -q -y $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu) 2>/dev/null || true
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[$(FAISS),dev]'
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 setup: $(STAMP)

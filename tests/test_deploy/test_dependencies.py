@@ -74,9 +74,29 @@ def test_venv_matches_constraints() -> None:
 
 def test_installers_use_the_constraints() -> None:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    assert re.search(r"pip install .*-c constraints\.txt .*-e '\.\[dev\]'", makefile)
+    assert re.search(r"pip install .*-c constraints\.txt .*-e '\.\[\$\(FAISS\),dev\]'", makefile)
+    assert re.search(r"^FAISS \?= cpu$", makefile, re.M), "make setup installs faiss-cpu unless FAISS=gpu"
     assert "constraints.txt" in makefile.split("STAMP :=", 1)[1].split("\n", 1)[0], "reinstall when pins change"
     dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text(encoding="utf-8")
     assert "-c constraints.txt" in dockerfile and re.search(r"COPY [^\n]*constraints\.txt", dockerfile)
     ignore = (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
     assert "!constraints.txt" in ignore, "the build context must include constraints.txt"
+
+
+def test_faiss_builds_are_exclusive_extras() -> None:
+    """faiss-cpu and faiss-gpu write the same ``faiss`` module: neither is a hard dependency, each is its own extra
+    (``cpu``, ``gpu``), no extra pulls both, and constraints.txt pins the same faiss release for both."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    faiss_names = {"faiss-cpu", "faiss-gpu"}
+    hard = {canonicalize_name(Requirement(d).name) for d in project["dependencies"]}
+    assert not hard & faiss_names and not any(n.startswith("faiss") for n in hard)
+    extras = {name: {canonicalize_name(Requirement(d).name) for d in deps}
+              for name, deps in project["optional-dependencies"].items()}
+    assert {n for n in extras["cpu"] if n.startswith("faiss")} == {"faiss-cpu"}
+    assert {n for n in extras["gpu"] if n.startswith("faiss")} == {"faiss-gpu"}
+    for name, deps in extras.items():
+        assert len({n for n in deps if n.startswith("faiss")}) <= 1, f"extra {name!r} installs two faiss builds"
+    pins = _constraints()
+    assert Version(pins["faiss-cpu"]).release[:2] == Version(pins["faiss-gpu"]).release[:2]
+    dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    assert '".[${EXTRAS}]"' in dockerfile and "ARG EXTRAS=cpu" in dockerfile and '".[gpu]"' in dockerfile
