@@ -60,6 +60,7 @@ class IndexConfig:
             ``nprobe``: lists probed.
         train_size: vectors sampled to train IVF-PQ.
         device: FAISS device; ``auto`` uses a GPU when faiss was built with one and a GPU is present.
+        gpu_id: which GPU holds the GPU shards (``device`` ``cuda`` or ``auto`` with a GPU).
     """
 
     local_dim: int
@@ -77,8 +78,10 @@ class IndexConfig:
     nprobe: int = 16
     train_size: int = 131_072
     device: Device = "auto"
+    gpu_id: int = 0
 
     def __post_init__(self) -> None:
+        _require(self.gpu_id >= 0, f"gpu_id must be >= 0, got {self.gpu_id}")
         _positive(self, "local_dim", "global_dim", "bucket_seconds", "segment_seconds", "max_features_per_frame",
                   "rerank_features", "compress_after", "ivf_lists", "pq_bytes", "nprobe", "train_size")
         if self.retention_seconds is not None:

@@ -26,7 +26,8 @@ Gauges
     the last message consumed: see :mod:`stream.lag`),
     ``l2g_sampling_fps{camera}``, ``l2g_ready``
 Info
-    ``l2g_build_info{version,extractor,worker}``
+    ``l2g_build_info{version,extractor,worker,extract_device,index_device,stage2_device}`` (devices: ``cpu``,
+    ``cuda``, ``cuda:N``; see :mod:`stream.devices`)
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class StreamMetrics:
         self.dead_letters = Counter("l2g_dead_letters", "Messages sent to the dead-letter topic.",
                                     ["stage", "reason"], registry=r)
         self.ready = Gauge("l2g_ready", "1 when the worker is ready to ingest and answer.", registry=r)
-        self.build_info = Info("l2g_build", "Version and configuration of the worker.", registry=r)
+        self.build_info = Info("l2g_build", "Version, configuration and devices of the worker.", registry=r)
 
     def observe_index(self, frames: int, features: int, nbytes: int, oldest: float | None,
                       newest: float | None) -> None:

@@ -236,6 +236,9 @@ class IndexSettings(_Group):
         snapshot_dir: where snapshots go; without it nothing survives a restart and offsets are never
             committed (a commit would claim frames that only live in memory).
         retrieval: options of ``l2g_core.RetrievalConfig`` (e.g. ``{"shortlist": 300}``).
+        device: where the FAISS index lives (``IndexConfig.device``): ``auto`` (the GPU when faiss has GPU support
+            and sees one), ``cpu`` or ``cuda`` (the worker refuses to start when faiss has no GPU support).
+        gpu_id: the GPU of the index when it is on one (``IndexConfig.gpu_id``).
     """
 
     bucket_seconds: float = Field(60.0, gt=0.0)
@@ -244,6 +247,8 @@ class IndexSettings(_Group):
     index_kind: Literal["auto", "flat", "ivfpq"] = "auto"
     snapshot_dir: Path | None = None
     retrieval: dict[str, Any] = Field(default_factory=dict)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpu_id: int = Field(0, ge=0)
 
     @field_validator("retention_seconds", mode="before")
     @classmethod

@@ -120,7 +120,8 @@ class PartitionedIndex:
             config = IndexConfig(local_dim=local_dim, global_dim=global_dim, bucket_seconds=settings.bucket_seconds,
                                  retention_seconds=settings.retention_seconds,
                                  max_features_per_frame=settings.max_features_per_frame,
-                                 index_kind=settings.index_kind)
+                                 index_kind=settings.index_kind, device=settings.device,
+                                 gpu_id=settings.gpu_id)
         except (L2GError, TypeError) as exc:
             raise ConfigurationError(f"invalid index settings: {exc}") from exc
         root = settings.snapshot_dir / index_tag(extractor, options, config) if settings.snapshot_dir else None

@@ -38,6 +38,7 @@ from typing import Protocol
 from l2g_core.index.backend import configure_faiss
 from stream import lognoise
 from stream.deadletter import DeadLetterPublisher
+from stream.devices import DeviceProbe, check_devices, resolve_devices
 from stream.errors import BrokerError, ConfigurationError
 from stream.failures import LoopFailurePolicy
 from stream.health import Health, HealthServer
@@ -195,8 +196,10 @@ class Worker:
             return self
         s = self.settings
         check_settings(s, extractor=self._extractor_factory is make_extractor)  # before anything starts
+        probe = DeviceProbe.detect()
+        check_devices(s, probe)  # a cuda setting without CUDA (or with faiss-cpu) fails here, loudly
         configure_threads(s.runtime)
-        configure_faiss()
+        configure_faiss(gpu=s.index.device != "cpu" and probe.faiss_gpus > s.index.gpu_id, device=s.index.gpu_id)
         cid = f"{s.kafka.client_id}-{self.worker_id}"
         retrieval = s.index.retrieval_config()  # invalid options fail before anything starts
         self.health.set_condition("extractor", False)
@@ -221,10 +224,14 @@ class Worker:
         LOG.info("extractor %s ready (%d-d local, %d-d global) in %.1f s", name, ingest_extractor.local_dim,
                  ingest_extractor.global_dim, time.perf_counter() - t0)
         self.health.set_condition("extractor", True)
-        self.metrics.build_info.info({"version": _version(), "extractor": name, "worker": self.worker_id})
         self.index = PartitionedIndex.from_settings(s.index, extractor=name, options=identity,
                                                     local_dim=ingest_extractor.local_dim,
                                                     global_dim=ingest_extractor.global_dim)
+        devices = resolve_devices(str(getattr(ingest_extractor, "device", "cpu")), self.index.config, retrieval,
+                                  probe)
+        LOG.info("%s", devices.describe())
+        self.metrics.build_info.info({"version": _version(), "extractor": name, "worker": self.worker_id,
+                                      **devices.labels()})
         self.sink = self.connector.sink(client_id=cid)
         self.topics = TopicWatch(s, self.connector.topic_admin(s), self.sink, health=self.health,
                                  on_changed=self._topics_changed)

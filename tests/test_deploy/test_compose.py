@@ -244,3 +244,14 @@ def test_kafka_exporter_is_scraped(services: dict[str, Any]) -> None:
     assert exporter["depends_on"]["kafka"]["condition"] == "service_healthy"
     (sd,) = jobs["kafka-exporter"]["dns_sd_configs"]
     assert sd["names"] == ["kafka-exporter"] and str(sd["port"]) in [str(p) for p in exporter["expose"]]
+
+
+def test_gpu_profile_reserves_a_gpu_for_gpu_workers(services: dict[str, Any]) -> None:
+    """The `gpu` profile runs workers of the CUDA image with one GPU reserved each and the index on it."""
+    gpu = services["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"] and gpu["build"]["target"] == "gpu"
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == 1
+    assert gpu["environment"]["L2G_INDEX__DEVICE"] == "cuda"
+    assert gpu["command"] == services["worker"]["command"]
+    assert "deploy" not in services["worker"] or "resources" not in services["worker"]["deploy"]

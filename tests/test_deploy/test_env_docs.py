@@ -11,7 +11,7 @@ import pytest
 from tests.test_deploy.support import DEPLOY, EXTRA_ENV_NAMES, load_module, settings_env_names
 
 # Variables of the compose file itself (interpolated by docker compose, never read by a worker).
-COMPOSE_KNOBS = {"L2G_WORKERS", "L2G_IMAGE", "L2G_THREADS"}
+COMPOSE_KNOBS = {"L2G_WORKERS", "L2G_IMAGE", "L2G_THREADS", "L2G_GPU_WORKERS", "L2G_GPU_IMAGE"}
 _NAME = re.compile(r"\bL2G_[A-Z0-9_]*[A-Z0-9]\b")
 
 

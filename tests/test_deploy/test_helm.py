@@ -308,3 +308,17 @@ def test_keda_scales_before_workers_shed_load(renderer: Path) -> None:
     with pytest.raises(RenderError, match="LAG_HIGH_MESSAGES"):
         render_chart(renderer, {**raised, "keda": {"enabled": True, "lagThreshold": "400"}})
     render(renderer, {"keda": {"enabled": False, "lagThreshold": "1000"}})  # no ScaledObject, nothing to agree
+
+
+def test_gpu_selects_the_cuda_image_and_device(renderer: Path) -> None:
+    """gpu.enabled: the CUDA image (image.gpuTag, else "<tag>-gpu") and L2G_INDEX__DEVICE=cuda unless env sets it."""
+    _, cpu = _worker(render(renderer, {"image": {"tag": "1.2.3"}}))
+    assert cpu["image"] == "l2g-stream:1.2.3"
+    assert all(e["name"] != "L2G_INDEX__DEVICE" for e in cpu["env"])
+    _, gpu = _worker(render(renderer, {"image": {"tag": "1.2.3"}, "gpu": {"enabled": True}}))
+    assert gpu["image"] == "l2g-stream:1.2.3-gpu"
+    assert {"name": "L2G_INDEX__DEVICE", "value": "cuda"} in gpu["env"]
+    _, tagged = _worker(render(renderer, {"image": {"tag": "1.2.3", "gpuTag": "cu12-1.2.3"}, "gpu": {"enabled": True},
+                                          "env": {"L2G_INDEX__DEVICE": "auto"}}))
+    assert tagged["image"] == "l2g-stream:cu12-1.2.3"
+    assert all(e["name"] != "L2G_INDEX__DEVICE" for e in tagged["env"])
