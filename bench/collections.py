@@ -97,7 +97,9 @@ def landmarks(root: Path, max_side: int) -> Collection:
     """Every landmark photo against all the others (see the module docstring)."""
     groups = load_groups(root / "gt" / "landmark_groups.json")
     paths = [p for items in groups.values() for p in items]
-    keys = [FrameKey(Path(p).parent.name, float(i), i) for i, p in enumerate(paths)]
+    # every photo is its own "camera": a camera id must not encode the group (time-based re-ranking links the frames
+    # of one camera, which would leak the ground truth)
+    keys = [FrameKey(f"photo-{i:03d}", 0.0, i) for i, p in enumerate(paths)]
     key_of = dict(zip(paths, keys, strict=True))
     images = [load_rgb(root / p, max_side) for p in paths]
     queries = []

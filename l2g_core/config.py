@@ -132,6 +132,15 @@ class RetrievalConfig:
         fusion_weight: weight w of the MDS embedding (as above); ``fusion_side="global"`` gives w to the global
             part instead.
         sg_k, sg_beta: SuperGlobal MDescAug/RerankwMDA neighbourhood size K and weight beta.
+        query_row_stage1: weight ``a`` of the stage-1 score in the query's row of the similarity graph:
+            ``a * s1_i / max_j s1_j + (1 - a) * sym_i`` with ``sym_i`` the symmetrised Chamfer of the
+            ``graph_features`` strongest features. The symmetric term alone penalises partial views (a frame's
+            features outside the crop find no match in the query) and sees only 64 features; the stage-1 score
+            alone loses the symmetric evidence that whole photos share (docs/benchmarks.md, issue 12).
+        temporal_window_s, temporal_weight: temporal evidence after the fusion: a candidate's score (min-max
+            normalised over the re-ranked head) gains ``temporal_weight`` times the best normalised score of another
+            candidate of the same camera within ``temporal_window_s`` seconds. What a camera shows for a moment is
+            visible in the frames around it; a lone frame is weaker evidence. ``temporal_weight=0`` turns it off.
 
     Baselines:
         g2l_shortlist: global top-N re-ranked by RANSAC inliers in ``global_to_local`` mode.
@@ -159,6 +168,9 @@ class RetrievalConfig:
     fusion_side: Literal["mds", "global"] = "mds"
     sg_k: int = 9
     sg_beta: float = 0.15
+    query_row_stage1: float = 0.5
+    temporal_window_s: float = 2.0
+    temporal_weight: float = 0.5
     g2l_shortlist: int = 100
     ransac_threshold: float = 8.0
     match_threshold: float = 0.8
@@ -175,6 +187,12 @@ class RetrievalConfig:
         _require(self.mds_score in ("cosine", "distance"), f"unknown mds_score {self.mds_score!r}")
         _require(self.graph_neighbors >= 0, f"graph_neighbors must be >= 0, got {self.graph_neighbors}")
         _require(self.sg_beta >= 0.0, f"sg_beta must be >= 0, got {self.sg_beta}")
+        _require(0.0 <= self.query_row_stage1 <= 1.0,
+                 f"query_row_stage1 must be in [0, 1], got {self.query_row_stage1}")
+        _require(math.isfinite(self.temporal_window_s) and self.temporal_window_s >= 0.0,
+                 f"temporal_window_s must be >= 0, got {self.temporal_window_s}")
+        _require(math.isfinite(self.temporal_weight) and self.temporal_weight >= 0.0,
+                 f"temporal_weight must be >= 0, got {self.temporal_weight}")
         _require(-1.0 <= self.match_threshold <= 1.0, "match_threshold must be a cosine in [-1, 1]")
         _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
 

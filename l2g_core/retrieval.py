@@ -47,7 +47,7 @@ class Ranking:
 
     Attributes:
         hits: best first, at most ``plan.k``.
-        timings_ms: ``stage2`` and its parts (``graph``, ``mds``, ``superglobal`` for ``l2g``).
+        timings_ms: ``stage2`` and its parts (``graph``, ``mds``, ``superglobal``, ``temporal`` for ``l2g``).
         coverage: the candidates' coverage, with a note when stage 2 was skipped.
     """
 

@@ -11,7 +11,13 @@ From the query and its candidates:
 4. ``mds_score="cosine"``: fusion with global descriptors ``f = [sqrt(w) e/|e|, sqrt(1-w) g/|g|]`` so that
    ``<f_q, f_i> = w cos(e_q, e_i) + (1-w) cos(g_q, g_i)``, then SuperGlobal re-ranking (MDescAug + RerankwMDA)
    of the fused descriptors; ``mds_score="distance"``: ``w (1 - |e_i - e_q| / max_j |e_j - e_q|)`` plus
-   ``(1-w)`` times the SuperGlobal score of the global descriptors alone.
+   ``(1-w)`` times the SuperGlobal score of the global descriptors alone;
+5. temporal evidence (:mod:`l2g_core.rerank.temporal`): each score gains the best score of the same camera's
+   candidates within ``temporal_window_s``.
+
+The query's row in step 1 mixes the stage-1 score (all query features, query -> frame) into the symmetrised graph
+similarity (``query_row_stage1``): a partial view's frame has many features the crop lacks, which the symmetric term
+alone counts against it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from l2g_core.chamfer import pairwise_chamfer
 from l2g_core.config import RetrievalConfig
 from l2g_core.rerank.smacof import smacof
 from l2g_core.rerank.superglobal import superglobal_scores
+from l2g_core.rerank.temporal import temporal_support
 from l2g_core.types import FloatArray
 
 __all__ = ["L2GOutput", "dissimilarity_matrix", "l2g_rerank", "query_weights", "resolve_device"]
@@ -45,7 +52,7 @@ class L2GOutput:
 
     Attributes:
         scores: ``(m,)`` float32 re-ranking scores of the candidates (higher is better).
-        timings_ms: ``graph``, ``mds`` and ``superglobal`` milliseconds.
+        timings_ms: ``graph``, ``mds``, ``superglobal`` and ``temporal`` milliseconds.
         stress: final raw SMACOF stress.
         mds_iterations: Guttman iterations run.
     """
@@ -105,6 +112,24 @@ def query_weights(delta: torch.Tensor, query_weight: float) -> torch.Tensor | No
     return weights.fill_diagonal_(0.0)
 
 
+def _with_stage1_query_row(sim: torch.Tensor, stage1: FloatArray, weight: float) -> torch.Tensor:
+    """``sim`` with its query row and column mixed with the stage-1 scores (see ``RetrievalConfig.query_row_stage1``).
+
+    Args:
+        sim: ``(n, n)`` symmetric similarities, item 0 the query, items ``1..n-1`` the candidates.
+        stage1: ``(>= n-1,)`` stage-1 scores of the candidates, in the same order.
+        weight: weight of the stage-1 scores, each divided by the largest.
+    """
+    head = sim.shape[0] - 1
+    s1 = torch.from_numpy(np.ascontiguousarray(stage1[:head], dtype=np.float32)).to(sim.device)
+    s1 = s1 / s1.max().clamp_min(1e-12)
+    row = weight * s1 + (1.0 - weight) * sim[0, 1:]
+    out = sim.clone()
+    out[0, 1:] = row
+    out[1:, 0] = row
+    return out
+
+
 def l2g_rerank(
     query_descriptors: FloatArray,
     query_global: FloatArray,
@@ -124,7 +149,8 @@ def l2g_rerank(
     """
     m = len(candidates)
     if m == 0:
-        return L2GOutput(np.zeros(0, np.float32), {"graph": 0.0, "mds": 0.0, "superglobal": 0.0}, 0.0, 0)
+        empty = {"graph": 0.0, "mds": 0.0, "superglobal": 0.0, "temporal": 0.0}
+        return L2GOutput(np.zeros(0, np.float32), empty, 0.0, 0)
     device = resolve_device(config.device)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -133,6 +159,8 @@ def l2g_rerank(
     sets += [torch.from_numpy(d[:n].astype(np.float32)).to(device) for d in candidates.descriptors]
     sim = pairwise_chamfer(sets, tau=config.kernel_tau, alpha=config.kernel_alpha)
     sim = 0.5 * (sim + sim.T)
+    if config.query_row_stage1 > 0:
+        sim = _with_stage1_query_row(sim, candidates.scores, config.query_row_stage1)
     sim.fill_diagonal_(1.0)
     delta = dissimilarity_matrix(sim, config.graph_neighbors, config.dissimilarity_power)
     t1 = time.perf_counter()
@@ -153,9 +181,13 @@ def l2g_rerank(
         fused = torch.cat([np.sqrt(w) * torch.nn.functional.normalize(emb, dim=1), np.sqrt(1.0 - w) * glob], dim=1)
         scores = superglobal_scores(fused[0], fused[1:], k=config.sg_k, beta=config.sg_beta)
     t3 = time.perf_counter()
-    timings = {"graph": (t1 - t0) * 1e3, "mds": (t2 - t1) * 1e3, "superglobal": (t3 - t2) * 1e3}
+    final = temporal_support(candidates.keys, scores.cpu().numpy(), window_s=config.temporal_window_s,
+                             weight=config.temporal_weight)
+    t4 = time.perf_counter()
+    timings = {"graph": (t1 - t0) * 1e3, "mds": (t2 - t1) * 1e3, "superglobal": (t3 - t2) * 1e3,
+               "temporal": (t4 - t3) * 1e3}
     return L2GOutput(
-        scores=scores.cpu().numpy().astype(np.float32),
+        scores=final,
         timings_ms=timings,
         stress=float(result.stress[0]),
         mds_iterations=int(result.n_iter[0]),
