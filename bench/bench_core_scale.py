@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bench.common import emit, machine, peak_rss_mb, percentiles, progress
-from l2g_core import IndexConfig, RetrievalConfig, Retriever, RollingIndex
+from l2g_core import FrameFeatures, IndexConfig, RetrievalConfig, Retriever, RollingIndex
 from l2g_core.datasets import SceneModel
 from l2g_core.index.backend import configure_faiss
 from l2g_core.rerank.l2g import query_weights
@@ -30,7 +30,7 @@ def bench_index(num_frames: int, num_queries: int, features: int, kind: str, see
     index = RollingIndex(IndexConfig(local_dim=64, global_dim=256, bucket_seconds=600.0, retention_seconds=None,
                                      rerank_features=128, index_kind=kind, **extra))  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    sample = []
+    sample: list[FrameFeatures] = []
     for keys, feats, _ in model.stream(num_frames, batch=2000, num_cameras=8, fps=5.0, start_time=1.7e9):
         index.add(keys, feats)
         per_batch = max(1, num_queries * 2000 // num_frames)

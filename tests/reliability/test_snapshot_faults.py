@@ -187,7 +187,7 @@ def test_a_real_kernel_write_limit_fails_cleanly(tmp_path: Path) -> None:
         save_index(build(20), snap, {{"n": 20}})
         index = build(400)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, 32 * 1024))  # a shard file of 400 frames: ~58 kB
         try:
             save_index(index, snap, {{"n": 400}})
             print(json.dumps({{"outcome": "saved"}}))
