@@ -32,8 +32,11 @@ from tests.test_deploy.support import (
 
 # Settings the chart deliberately does not carry in values.env: secrets come from a Secret, the worker id is
 # the pod name.
+# secrets come from kafkaAuth, the worker id from the pod name; the ui.* group configures `l2g-stream ui`, a
+# separate client process the chart does not deploy (deploy/README.md)
 NOT_IN_VALUES = {"L2G_KAFKA__SASL_USERNAME", "L2G_KAFKA__SASL_PASSWORD", "L2G_KAFKA__SSL_PASSWORD",
-                 "L2G_RUNTIME__WORKER_ID"}
+                 "L2G_RUNTIME__WORKER_ID", "L2G_UI__CAMERAS", "L2G_UI__HOST", "L2G_UI__MAX_QUERIES_PER_SESSION",
+                 "L2G_UI__MAX_UPLOAD_BYTES", "L2G_UI__PORT", "L2G_UI__SESSION_TTL_S"}
 SASL = {
     "env": {"L2G_KAFKA__SECURITY_PROTOCOL": "SASL_SSL", "L2G_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
             "L2G_KAFKA__SSL_CAFILE": "/etc/l2g/tls/ca.crt"},
