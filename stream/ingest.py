@@ -44,6 +44,7 @@ from stream.deadletter import DeadLetterPublisher
 from stream.decode import decode_chunk
 from stream.envelope import decode_message
 from stream.errors import BadInputError, ExtractorCrashError, MessageTooLargeError, SchemaError, VideoDecodeError
+from stream.extraction import TimedExtractor
 from stream.failures import extractor_crash
 from stream.health import Health
 from stream.lag import ConsumerLag
@@ -126,6 +127,7 @@ class IngestLoop:
         self.index = index
         self.extractor = extractor
         self.extractor_name = extractor_name
+        self.timed = TimedExtractor(extractor, extractor_name, metrics)
         self.dlq = dead_letters
         self.metrics = metrics
         self.health = health
@@ -138,12 +140,10 @@ class IngestLoop:
         self._committed: dict[Partition, int] = {}
         self._last_checkpoint = time.monotonic()
         self._last_gauges = 0.0
-        self._seconds_per_frame = 0.0  # EWMA of extractor time per frame (predicts a poll's remaining work)
         self._budget_s = self.cfg.poll_budget_fraction * settings.kafka.max_poll_interval_ms / 1000.0
         self._started = False
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="ingest-decode")
 
-    # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Join the ingest group on the video topic (the assignment arrives with the first poll)."""
         if self.health is not None:
@@ -173,7 +173,6 @@ class IngestLoop:
         """Offsets this loop committed last, per partition."""
         return dict(self._committed)
 
-    # ------------------------------------------------------------------ rebalance callbacks
     def _on_assign(self, parts: Collection[Partition]) -> None:
         self.metrics.rebalances.inc()
         for part in sorted(parts):
@@ -235,7 +234,6 @@ class IngestLoop:
             self._positions.pop(part, None)
             LOG.warning("%s was reset: re-reading it from the beginning", part)
 
-    # ------------------------------------------------------------------ the loop
     def run_once(self) -> int:
         """One poll: decode, sample, extract and index its chunks; checkpoint when due. Returns chunks read."""
         records = self.source.poll(self.cfg.poll_timeout_s, self.cfg.max_poll_records)
@@ -257,7 +255,7 @@ class IngestLoop:
         done: list[Record] = []
 
         def remaining_work() -> float:
-            return (time.monotonic() - poll_start) + len(pending) * self._seconds_per_frame
+            return (time.monotonic() - poll_start) + len(pending) * self.timed.seconds_per_frame
 
         def decode(rec: Record) -> _Decoded:  # on the decode thread
             try:
@@ -387,46 +385,10 @@ class IngestLoop:
                          for f in result.frames], reject)
 
     def _extract(self, frames: list[_Frame]) -> list[FrameFeatures]:
-        """Features of ``frames``, one per frame.
-
-        Raises:
-            ExtractorInputError: the extractor rejects the batch (bad input).
-            ExtractorCrashError: anything else went wrong in the extractor (reported by
-                :func:`stream.failures.extractor_crash`).
-        """
-        batch = np.stack([f.image for f in frames])
-        t0 = time.perf_counter()
-        try:
-            feats = self._extract_raw(batch)
-        except ExtractorInputError:
-            raise
-        except Exception as exc:  # not the input: a bug in the extractor or its runtime (stream.failures)
-            raise extractor_crash(exc, extractor=self.extractor_name, frames=len(frames),
-                                  metrics=self.metrics) from exc
-        dt = time.perf_counter() - t0
-        self.stats.extract_seconds += dt
-        self.metrics.extractor_batch_seconds.labels(self.extractor_name).observe(dt)
-        self.metrics.extractor_batch_frames.labels(self.extractor_name).observe(len(frames))
-        per_frame = dt / len(frames)
-        self._seconds_per_frame = per_frame if self._seconds_per_frame == 0 else \
-            0.8 * self._seconds_per_frame + 0.2 * per_frame
+        """Features of ``frames``, one per frame (errors: see :meth:`TimedExtractor.extract`)."""
+        feats = self.timed.extract(np.stack([f.image for f in frames]))
+        self.stats.extract_seconds = self.timed.total_seconds
         return feats
-
-    def _extract_raw(self, batch: np.ndarray) -> list[FrameFeatures]:
-        feats = self.extractor.extract(batch)
-        if len(feats) != len(batch):
-            raise RuntimeError(f"{len(feats)} feature sets returned for {len(batch)} frames")
-        return feats
-
-    def _runtime_works(self, shape: tuple[int, ...]) -> bool:
-        """Whether the extractor still handles a canary frame of ``shape`` (seeded noise): tells a broken runtime
-        from input that trips a bug."""
-        canary = np.random.default_rng(0).integers(0, 256, size=(1, *shape), dtype=np.uint8)
-        try:
-            self._extract_raw(canary)
-        except Exception:  # any failure of the canary means the runtime is broken
-            return False
-        return True
 
     def _extract_and_index(self, frames: list[_Frame]) -> None:
         """Extract a batch and add it.
@@ -450,14 +412,14 @@ class IngestLoop:
             crashed: list[tuple[_Frame, Exception]] = []
             for frame in frames:
                 try:
-                    pairs.append((frame, self._extract_raw(frame.image[None])[0]))
+                    pairs.append((frame, self.timed.extract_untimed(frame.image[None])[0]))
                 except ExtractorInputError as exc:
                     if (frame.part, frame.record.offset) not in rejected:
                         rejected.add((frame.part, frame.record.offset))
                         self._reject(frame.record, exc, reason="extractor_input")
                 except Exception as crash:  # a crash on this frame alone (reported once, with the batch)
                     crashed.append((frame, crash))
-            if crashed and len(crashed) == len(frames) and not self._runtime_works(frames[0].image.shape):
+            if crashed and len(crashed) == len(frames) and not self.timed.runtime_works(frames[0].image.shape):
                 if isinstance(batch_exc, ExtractorCrashError):
                     raise batch_exc
                 raise extractor_crash(crashed[0][1], extractor=self.extractor_name, frames=len(frames),
@@ -489,7 +451,6 @@ class IngestLoop:
                     self.stats.skipped[reason] += n
                     self.metrics.frames_skipped.labels(camera, reason).inc(n)
 
-    # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, only: list[Partition] | None = None) -> SnapshotReport:
         """Snapshot dirty partitions with their next offsets, then commit exactly the offsets of those written.
 
