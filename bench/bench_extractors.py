@@ -242,13 +242,13 @@ def landmark_map(extractor: Any, root: Path = SHARED_DATA, modes: Sequence[str] 
     """mAP (percent) per retrieval mode on ``gt/landmark_groups.json``: every image queries all the others."""
     groups = load_groups(root / "gt" / "landmark_groups.json")
     paths = [p for items in groups.values() for p in items]
-    keys = [FrameKey(Path(p).parent.name, float(i), i) for i, p in enumerate(paths)]
+    keys = [FrameKey(f"photo-{i:03d}", 0.0, i) for i in range(len(paths))]  # own camera: no group in the key
     key_of = dict(zip(paths, keys, strict=True))
     feats: list[FrameFeatures] = []
     for p in paths:
         feats += extractor.extract(_read_rgb(root / p, max_side)[None])
     index = RollingIndex(IndexConfig(local_dim=extractor.local_dim, global_dim=extractor.global_dim,
-                                     retention_seconds=None, bucket_seconds=1e6, index_kind="flat"))
+                                     retention_seconds=None, index_kind="flat"))
     index.add(keys, feats)
     retriever = Retriever(index, RetrievalConfig(shortlist=len(keys), rerank_k=len(keys), device="cpu"))
     gts = group_ground_truth(keys, {g: [key_of[p] for p in items] for g, items in groups.items()})

