@@ -280,4 +280,11 @@ def owned_partitions(worker: Worker) -> set[int]:
 
 
 def matches(result: QueryResult) -> list[dict[str, Any]]:
-    return [m.model_dump() for m in result.matches]
+    """The matches as plain data, each ``frame_ref.topic`` without its deployment prefix (``fleet.video`` and
+    ``solo.video`` name the same clips in two deployments; partition, offset and frame must still agree)."""
+    dumped = [m.model_dump() for m in result.matches]
+    for match in dumped:
+        ref = match.get("frame_ref")
+        if ref is not None:
+            ref["topic"] = ref["topic"].split(".", 1)[-1]
+    return dumped

@@ -240,6 +240,8 @@ def test_the_example_settings_file_and_the_configuration_page_are_current() -> N
     for f in dataclasses.fields(RetrievalConfig):
         assert f"| `{f.name}` |" in page
     for name in available():
+        if not extractor_class(name).__module__.startswith("plugins."):
+            continue  # a test's own extractor (tests register some at import), not one the project ships
         row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
         for key in extractor_class(name).Options.model_fields:
             assert f"`{key}`" in row, (name, key)
