@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import numpy as np
 import torch
 
-from bench.common import emit, machine, peak_rss_mb, percentiles, progress
+from bench.common import emit, field_overrides, machine, peak_rss_mb, percentiles, progress
 from l2g_core import FrameFeatures, IndexConfig, RetrievalConfig, Retriever, RollingIndex
 from l2g_core.datasets import SceneModel
 from l2g_core.index.backend import configure_faiss
@@ -23,12 +24,12 @@ from l2g_core.rerank.smacof import smacof
 
 
 def bench_index(num_frames: int, num_queries: int, features: int, kind: str, seed: int = 0,
-                segment_seconds: float | None = None) -> None:
+                index_options: dict[str, Any] | None = None) -> None:
     model = SceneModel(num_scenes=max(50, num_frames // 50), features_per_frame=features, local_dim=64,
                        global_dim=256, noise=0.5, global_noise=1.0, seed=seed)
-    extra = {} if segment_seconds is None else {"segment_seconds": segment_seconds}
-    index = RollingIndex(IndexConfig(local_dim=64, global_dim=256, bucket_seconds=600.0, retention_seconds=None,
-                                     rerank_features=128, index_kind=kind, **extra))  # type: ignore[arg-type]
+    options: dict[str, Any] = {"bucket_seconds": 600.0, "retention_seconds": None, "rerank_features": 128,
+                               **(index_options or {}), "index_kind": kind}
+    index = RollingIndex(IndexConfig(local_dim=64, global_dim=256, **options))
     t0 = time.perf_counter()
     sample: list[FrameFeatures] = []
     for keys, feats, _ in model.stream(num_frames, batch=2000, num_cameras=8, fps=5.0, start_time=1.7e9):
@@ -103,8 +104,8 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=256)
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivfpq"])
     parser.add_argument("--skip-smacof", action="store_true")
-    parser.add_argument("--segment-seconds", type=float, default=None,
-                        help="IndexConfig.segment_seconds (default: the IndexConfig default)")
+    parser.add_argument("--index-set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="IndexConfig fields, e.g. segment_seconds=3600 ivf_lists=4096 (default: the defaults)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     configure_faiss()  # process-wide FAISS settings, as the worker applies them
@@ -114,7 +115,8 @@ def main() -> None:
         for kind in args.kinds:
             if kind == "flat" and size * args.features > 8_000_000:
                 continue  # exact search at this size needs more memory than the machine has to spare
-            bench_index(size, args.queries, args.features, kind, segment_seconds=args.segment_seconds)
+            bench_index(size, args.queries, args.features, kind,
+                        index_options=field_overrides(IndexConfig, args.index_set))
 
 
 if __name__ == "__main__":

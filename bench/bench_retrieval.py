@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from bench.collections import Collection, landmarks, video, with_distractors
-from bench.common import SHARED_DATA, emit, machine, percentiles, progress
+from bench.common import SHARED_DATA, emit, field_overrides, machine, percentiles, progress
 from bench.feature_cache import DEFAULT_CACHE, cached_features
 from l2g_core import MODES, FrameFeatures, IndexConfig, RetrievalConfig, Retriever, RollingIndex
 from l2g_core.evaluation import average_precision, precision_at_k, segment_average_precision, time_error
@@ -76,11 +77,13 @@ def score_rankings(collection: Collection, rankings: Sequence[Sequence[Hit]], ga
 
 
 def run_modes(collection: Collection, db: list[FrameFeatures], queries: list[FrameFeatures], config: RetrievalConfig,
-              k: int, modes: Sequence[str], gap: float, index_kind: str = "flat") -> dict[str, ModeRun]:
-    """Every mode over the same index and queries."""
+              k: int, modes: Sequence[str], gap: float, index_options: Mapping[str, Any] | None = None,
+              ) -> dict[str, ModeRun]:
+    """Every mode over the same index and queries (``index_options``: IndexConfig fields, e.g. ``index_kind``)."""
     first = db[0]
+    options = {"retention_seconds": None, **(index_options or {})}
     index = RollingIndex(IndexConfig(local_dim=first.descriptors.shape[1], global_dim=first.global_descriptor.shape[0],
-                                     retention_seconds=None, index_kind=index_kind))  # type: ignore[arg-type]
+                                     **options))
     index.add(collection.keys, db)
     retriever = Retriever(index, config)
     runs = {}
@@ -133,12 +136,6 @@ def print_table(title: str, summary: dict[str, dict[str, object]]) -> None:
         progress(f"{mode:16s}" + "".join(f"{_fmt(row.get(m)):>22s}" for m in (*METRICS, "median_time_error_s")))
 
 
-def _field_value(config: RetrievalConfig, name: str, text: str) -> object:
-    """``text`` converted to the type of ``config``'s field ``name`` (unknown names are left to ``replace``)."""
-    current = getattr(config, name, text)
-    return text if isinstance(current, str) else type(current)(text)
-
-
 def query_sets(collection: Collection) -> dict[str, np.ndarray]:
     """Masks of the reported query sets: all, per split and per kind (when there is more than one)."""
     splits = np.array([q.split for q in collection.queries])
@@ -152,7 +149,7 @@ def query_sets(collection: Collection) -> dict[str, np.ndarray]:
 
 
 def evaluate(collection: Collection, extractor_name: str, config: RetrievalConfig, k: int, modes: Sequence[str],
-             gap: float, cache: Path | None, index_kind: str = "flat",
+             gap: float, cache: Path | None, index_options: Mapping[str, Any] | None = None,
              extra: Callable[[], dict[str, object]] = dict) -> None:
     """Extract (or read from the cache), run every mode, emit one JSON line per (query set, mode)."""
     import plugins
@@ -160,14 +157,15 @@ def evaluate(collection: Collection, extractor_name: str, config: RetrievalConfi
     extractor = plugins.get_extractor(extractor_name)
     db = cached_features(extractor, collection.images, f"{collection.name}-db", cache)
     queries = cached_features(extractor, [q.image for q in collection.queries], f"{collection.name}-q", cache)
-    runs = run_modes(collection, db, queries, config, k, modes, gap, index_kind)
+    runs = run_modes(collection, db, queries, config, k, modes, gap, index_options)
     for name, mask in query_sets(collection).items():
         summary = summarize(_subset(runs, mask))
         print_table(f"{collection.name} / {name} ({int(mask.sum())} queries, {len(db)} frames, {extractor_name})",
                     summary)
         for mode, row in summary.items():
             emit({"bench": "retrieval", "dataset": collection.name, "queries_set": name, "extractor": extractor_name,
-                  "mode": mode, "db_frames": len(db), "queries": int(mask.sum()), "index_kind": index_kind, **row,
+                  "mode": mode, "db_frames": len(db), "queries": int(mask.sum()),
+                  "index": dict(index_options or {}), **row,
                   "config": {f: getattr(config, f) for f in ("shortlist", "rerank_k", "fusion_weight",
                                                              "graph_neighbors", "mds_query_weight", "mds_score")},
                   **extra(), **machine()})
@@ -187,6 +185,9 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=2.0, help="seconds around the source frame that count")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--index-kind", default="flat", choices=["flat", "ivfpq"])
+    parser.add_argument("--index-set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="IndexConfig fields, e.g. ivf_lists=4096 nprobe=16 (an IVF-PQ index is built once the "
+                             "database holds train_size features)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="RetrievalConfig fields, e.g. mds_query_weight=1000 mds_score=distance")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
@@ -199,7 +200,7 @@ def main() -> None:
     configure_faiss()  # process-wide FAISS settings, as the worker applies them
     config = RetrievalConfig()
     if args.set:
-        config = config.replace(**{k: _field_value(config, k, v) for k, v in (a.split("=", 1) for a in args.set)})
+        config = config.replace(**field_overrides(RetrievalConfig, args.set))
     cache = None if args.no_cache else args.cache
     gap = default_gap(args.fps)
     clips: Collection | None = None
@@ -215,7 +216,8 @@ def main() -> None:
             if name == "landmarks+video":
                 assert clips is not None
                 coll = with_distractors(coll, clips)
-        evaluate(coll, args.extractor, config, args.k, args.modes, gap, cache, args.index_kind)
+        evaluate(coll, args.extractor, config, args.k, args.modes, gap, cache,
+                 {"index_kind": args.index_kind, **field_overrides(IndexConfig, args.index_set)})
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import resource
@@ -14,6 +15,31 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def field_overrides(cls: type, pairs: Sequence[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings as keyword arguments of the dataclass ``cls``, each value converted to the type of
+    the field's default (``none`` gives None; a field without a default keeps the string).
+
+    Raises:
+        SystemExit: a pair without ``=`` or a name that is not a field of ``cls``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"{pair!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
+        default = fields[name].default
+        if text.lower() == "none":
+            out[name] = None
+        elif isinstance(default, bool):
+            out[name] = text.lower() in ("1", "true", "yes")
+        elif isinstance(default, (int, float)) and default is not None:
+            out[name] = type(default)(float(text)) if isinstance(default, int) else float(text)
+        else:
+            out[name] = text
+    return out
 
 
 def emit(record: dict[str, Any]) -> None:
