@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from plugins.base import RGBBatch
 
-__all__ = ["CPU_CHUNK", "cpu_chunk", "fold_batchnorm", "gem", "max_filter", "maybe_autocast", "resize", "to_device"]
+__all__ = [
+    "CPU_CHUNK", "cpu_chunk", "fold_batchnorm", "gem", "in_chunks", "max_filter", "maybe_autocast", "resize",
+    "to_device",
+]
 
 # Frames per forward pass on the CPU. With 2 threads, batch 1 was faster per frame than batch 8 for both
 # networks (XFeat 640x352: 20.5 vs 22.6 ms; 1280x704: 74 vs 85 ms; EfficientNet-Lite0 512x288: 43 vs 54 ms,
@@ -22,6 +26,20 @@ CPU_CHUNK = 1
 def cpu_chunk(batch: int, device: str) -> int:
     """Frames per forward pass: the whole batch on a GPU, :data:`CPU_CHUNK` on the CPU."""
     return batch if device.startswith("cuda") else min(batch, CPU_CHUNK)
+
+
+T = TypeVar("T")
+
+
+def in_chunks(frames: RGBBatch, device: str, run: Callable[[RGBBatch], list[T]]) -> list[T]:
+    """``run`` over ``frames`` ``(B, H, W, 3)`` uint8 in :func:`cpu_chunk` pieces under ``torch.inference_mode``;
+    its per-frame results, concatenated in frame order."""
+    out: list[T] = []
+    step = cpu_chunk(frames.shape[0], device)
+    for i in range(0, frames.shape[0], step):
+        with torch.inference_mode():
+            out += run(frames[i : i + step])
+    return out
 
 
 def to_device(frames: RGBBatch, device: str) -> torch.Tensor:

@@ -105,16 +105,9 @@ class EffNetUnifiedExtractor(Extractor):
         return (head if tapped is None else tapped), head
 
     def _extract(self, frames: RGBBatch) -> list[FrameFeatures]:
-        import torch
+        from plugins._torch import in_chunks
 
-        from plugins._torch import cpu_chunk
-
-        out: list[FrameFeatures] = []
-        step = cpu_chunk(frames.shape[0], self.device)
-        for i in range(0, frames.shape[0], step):
-            with torch.inference_mode():
-                out += self._chunk(frames[i : i + step])
-        return out
+        return in_chunks(frames, self.device, self._chunk)
 
     def _chunk(self, frames: RGBBatch) -> list[FrameFeatures]:
         import torch

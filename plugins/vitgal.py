@@ -215,16 +215,9 @@ class ViTGaLExtractor(Extractor):
         self._net = None
 
     def _extract(self, frames: RGBBatch) -> list[FrameFeatures]:
-        import torch
+        from plugins._torch import in_chunks
 
-        from plugins._torch import cpu_chunk
-
-        out: list[FrameFeatures] = []
-        step = cpu_chunk(frames.shape[0], self.device)
-        for i in range(0, frames.shape[0], step):
-            with torch.inference_mode():
-                out += self._chunk(frames[i : i + step])
-        return out
+        return in_chunks(frames, self.device, self._chunk)
 
     def _forward(self, frames: RGBBatch) -> tuple[Any, torch.Tensor, tuple[int, int]]:
         """Network output (:class:`~plugins._vitgal_net.ViTGaLOutput`), the scoring attention ``(B, h, N)`` and the
