@@ -65,14 +65,21 @@ class Coverage:
 class Candidates:
     """Candidate frames of one query with everything re-ranking needs.
 
+    The list is the stage-1 ranking (its first :attr:`ranked` entries) followed by an optional *joined tail* of
+    ``joined`` entries: the best frames by global cosine, which join the L2G re-ranked head whatever their local
+    rank (``RetrievalConfig.global_shortlist``). A frame may stand in both parts.
+
     Attributes:
-        keys: ``m`` frame keys, in descending ``scores`` order.
-        scores: ``(m,)`` float32 first-stage scores (local Chamfer or global cosine, see ``stage``).
-        stage: ``"local"`` or ``"global"`` (what ``scores`` are).
+        keys: ``m`` frame keys: the ranked part in descending ``scores`` order, then the joined tail in descending
+            global cosine.
+        scores: ``(m,)`` float32: first-stage scores (local Chamfer or global cosine, see ``stage``) of the ranked
+            part, global cosines of the joined tail.
+        stage: ``"local"`` or ``"global"`` (what the ranked part's ``scores`` are).
         global_descriptors: ``(m, G)`` float32.
         descriptors: per candidate ``(n_i, D)`` float16, its strongest local descriptors.
         keypoints: per candidate ``(n_i, 2)`` float32 pixel coordinates of those descriptors.
         coverage: what the search covered.
+        joined: length of the joined tail (0: none).
     """
 
     keys: list[FrameKey]
@@ -82,12 +89,44 @@ class Candidates:
     descriptors: list[np.ndarray]
     keypoints: list[FloatArray]
     coverage: Coverage = field(default_factory=Coverage)
+    joined: int = 0
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.joined <= len(self.keys), (self.joined, len(self.keys))
 
     def __len__(self) -> int:
         return len(self.keys)
 
+    @property
+    def ranked(self) -> int:
+        """Entries of the stage-1 ranking (the list without its joined tail)."""
+        return len(self.keys) - self.joined
+
+    def tail(self) -> Candidates:
+        """The joined tail as a plain list (scores: global cosines, ``joined`` 0)."""
+        return self.take(np.arange(self.ranked, len(self)))
+
+    def cut(self, n: int) -> Candidates:
+        """The first ``n`` entries of the ranking, followed by the whole joined tail."""
+        kept = np.concatenate([np.arange(min(n, self.ranked)), np.arange(self.ranked, len(self))])
+        return replace(self.take(kept), joined=self.joined)
+
+    def with_joined(self, tail: Candidates) -> Candidates:
+        """This ranking followed by ``tail`` (a plain list, best global cosine first) as its joined tail."""
+        assert self.joined == 0 and tail.joined == 0
+        return Candidates(
+            keys=[*self.keys, *tail.keys],
+            scores=np.concatenate([self.scores, tail.scores]).astype(np.float32),
+            stage=self.stage,
+            global_descriptors=np.concatenate([self.global_descriptors, tail.global_descriptors]).astype(np.float32),
+            descriptors=[*self.descriptors, *tail.descriptors],
+            keypoints=[*self.keypoints, *tail.keypoints],
+            coverage=self.coverage,
+            joined=len(tail),
+        )
+
     def take(self, idx: Sequence[int] | np.ndarray) -> Candidates:
-        """The candidates at positions ``idx``, in that order."""
+        """The candidates at positions ``idx``, in that order (a plain list: no joined tail)."""
         idx = np.asarray(idx, dtype=np.int64)
         return Candidates(
             keys=[self.keys[i] for i in idx],
@@ -106,11 +145,22 @@ class Candidates:
                           coverage or Coverage())
 
     @staticmethod
-    def merge(parts: Sequence[Candidates], limit: int, global_dim: int, stage: Stage = "local") -> Candidates:
-        """Union of candidate lists from disjoint shards, best ``limit`` by score (ties by key), each frame once.
+    def merge(parts: Sequence[Candidates], limit: int, global_dim: int, stage: Stage = "local",
+              joined: int = 0) -> Candidates:
+        """Union of candidate lists from disjoint shards, best ``limit`` by score (ties by key), each frame once,
+        followed by the best ``joined`` of the parts' joined tails (by global cosine, ties by key, each frame once).
 
         ``stage`` is the stage of an empty result; otherwise the parts' own.
         """
+        ranking = Candidates._merge_plain([p.take(np.arange(p.ranked)) if p.joined else p for p in parts], limit,
+                                          global_dim, stage)
+        if joined == 0 or not any(p.joined for p in parts):
+            return ranking
+        tail = Candidates._merge_plain([p.tail() for p in parts if p.joined], joined, global_dim, "global")
+        return ranking.with_joined(tail)
+
+    @staticmethod
+    def _merge_plain(parts: Sequence[Candidates], limit: int, global_dim: int, stage: Stage) -> Candidates:
         keys = [k for p in parts for k in p.keys]
         coverage = Coverage.combine([p.coverage for p in parts])
         stage = parts[0].stage if parts else stage

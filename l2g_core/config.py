@@ -114,6 +114,11 @@ class RetrievalConfig:
 
     Stage 2 (L2G):
         rerank_k: candidates re-ranked (the first ``rerank_k`` of the shortlist).
+        global_shortlist: the best ``global_shortlist`` frames by global cosine join the re-ranked head (each index
+            keeps its own best as a tail of its stage-1 list; the merge keeps the best over all). Local search
+            misses a query whose view is textureless in local-feature terms: its camera never enters the local
+            shortlist, while the global descriptor finds it (video, EfficientNet global: same-clip mAP 75.5 ->
+            90.0, segment AP 89.1 -> 97.3; docs/benchmarks.md, issue 12). ``0``: the local shortlist alone.
         graph_features: strongest local features per item used for the candidate similarity graph
             (cost grows with its square).
         graph_neighbors: per candidate, how many strongest similarities are kept in the sparse
@@ -156,6 +161,7 @@ class RetrievalConfig:
     kernel_alpha: float = 3.0
     shortlist: int = 700
     rerank_k: int = 100
+    global_shortlist: int = 50
     graph_features: int = 64
     graph_neighbors: int = 20
     dissimilarity_power: float = 1.0
@@ -186,6 +192,7 @@ class RetrievalConfig:
         _require(self.fusion_side in ("mds", "global"), f"unknown fusion_side {self.fusion_side!r}")
         _require(self.mds_score in ("cosine", "distance"), f"unknown mds_score {self.mds_score!r}")
         _require(self.graph_neighbors >= 0, f"graph_neighbors must be >= 0, got {self.graph_neighbors}")
+        _require(self.global_shortlist >= 0, f"global_shortlist must be >= 0, got {self.global_shortlist}")
         _require(self.sg_beta >= 0.0, f"sg_beta must be >= 0, got {self.sg_beta}")
         _require(0.0 <= self.query_row_stage1 <= 1.0,
                  f"query_row_stage1 must be in [0, 1], got {self.query_row_stage1}")

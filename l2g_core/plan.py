@@ -12,6 +12,7 @@ mode               stage 1 shortlist                          stage 2
 ``global_to_local`` global ``max(k, g2l_shortlist)``          RANSAC inliers of every candidate
 ``local``          local   ``k``                              none (kernel Chamfer order)
 ``l2g``            local   ``max(k, shortlist)``              MDS + global fusion of the first ``rerank_k``
+                           + global top ``global_shortlist``  and of the global top ``global_shortlist``
 =================  ======  =================================  ==========================================
 """
 
@@ -39,7 +40,8 @@ class Transport:
     """What of one index's stage-1 list stage 2 of a mode can use (the smallest exact partial answer).
 
     Attributes:
-        candidates: candidates kept per index.
+        candidates: candidates of the ranking kept per index (an index's joined tail travels whole, described
+            like the ranking's ``described`` best).
         described: how many of them (the best) keep local descriptors.
         descriptors: descriptors kept per described candidate (None: all stored).
         keypoints: whether keypoints are needed (of every descriptor sent).
@@ -69,6 +71,9 @@ class SearchPlan:
         rerank: the stage-2 re-ranking: ``None``, ``"ransac"`` (global_to_local) or ``"l2g"``.
         transport: what stage 2 needs of each index's list (and the geometric proof of the first ``verify``).
         verify: final hits that get a geometric proof (0: none); it changes what travels, never the ranking.
+        joined: frames by global cosine that join stage 2 whatever their stage-1 rank (each index's best as the
+            tail of its list, the best over all after the merge; ``l2g`` only, see
+            ``RetrievalConfig.global_shortlist``).
     """
 
     mode: Mode
@@ -78,6 +83,7 @@ class SearchPlan:
     rerank: Literal["ransac", "l2g"] | None
     transport: Transport
     verify: int = 0
+    joined: int = 0
 
     @classmethod
     def build(cls, mode: str, k: int, config: RetrievalConfig, verify: int = 0) -> SearchPlan:
@@ -101,7 +107,7 @@ class SearchPlan:
         t = plan.transport
         queries = None if t.query_features is None else max(t.query_features, VERIFY_QUERY_FEATURES)
         transport = Transport(t.candidates, t.described, t.descriptors, True, queries, min(verify, t.candidates))
-        return cls(plan.mode, plan.k, plan.stage1, plan.shortlist, plan.rerank, transport, verify)
+        return cls(plan.mode, plan.k, plan.stage1, plan.shortlist, plan.rerank, transport, verify, plan.joined)
 
     @classmethod
     def _build(cls, mode: str, k: int, config: RetrievalConfig) -> SearchPlan:
@@ -113,7 +119,7 @@ class SearchPlan:
             shortlist = max(k, config.shortlist)
             sent = min(max(k, config.rerank_k), shortlist)
             transport = Transport(sent, config.rerank_k, config.graph_features, False, config.graph_features)
-            return cls("l2g", k, "local", shortlist, "l2g", transport)
+            return cls("l2g", k, "local", shortlist, "l2g", transport, joined=config.global_shortlist)
         if mode == "global_to_local":
             shortlist = max(k, config.g2l_shortlist)
             return cls("global_to_local", k, "global", shortlist, "ransac",

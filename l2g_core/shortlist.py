@@ -222,10 +222,16 @@ def stage1(
         deadline: ``time.monotonic()`` value after which no further shard is searched.
 
     Returns:
-        Candidates with ``stage=plan.stage1`` and the index's coverage (one partition).
+        Candidates with ``stage=plan.stage1`` and the index's coverage (one partition); with ``plan.joined``, the
+        index's best ``plan.joined`` frames by global cosine follow as the joined tail.
     """
     if plan.stage1 == "global":
         return global_candidates(index, query.global_descriptor, limit=plan.shortlist, cameras=cameras,
                                  time_range=time_range, deadline=deadline)
-    return local_candidates(index, query.descriptors, config, limit=plan.shortlist, cameras=cameras,
-                            time_range=time_range, deadline=deadline)
+    ranking = local_candidates(index, query.descriptors, config, limit=plan.shortlist, cameras=cameras,
+                               time_range=time_range, deadline=deadline)
+    if plan.joined == 0:
+        return ranking
+    tail = global_candidates(index, query.global_descriptor, limit=plan.joined, cameras=cameras,
+                             time_range=time_range, deadline=deadline)
+    return ranking.with_joined(tail)

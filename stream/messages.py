@@ -156,11 +156,14 @@ class CandidateSection(_Schema):
             decoded frames and its ``[width, height]`` as indexed; ``-1`` (``[0, 0]``) where unknown; all three
             empty when none is known.
         coverage: what the search of the partition covered (repeated in every slice).
+        joined: how many of the partition's ``total`` candidates (the last) are its joined tail: its best frames by
+            global cosine, whose ``scores`` are those cosines (``l2g``; repeated in every slice).
     """
 
     partition: int = Field(ge=0)
     start: int = Field(0, ge=0)
     total: int = Field(ge=0)
+    joined: int = Field(0, ge=0)
     cameras: list[str] = Field(default_factory=list)
     timestamps: list[float] = Field(default_factory=list)
     sequences: list[int] = Field(default_factory=list)
@@ -185,6 +188,8 @@ class CandidateSection(_Schema):
                              "candidate")
         if self.start + n > self.total:
             raise ValueError("slice extends past the partition's total")
+        if self.joined > self.total:
+            raise ValueError("the joined tail is longer than the partition's total")
         if len(self.scores) != 4 * n:
             raise ValueError("scores must hold one float32 per candidate")
         if any(c < 0 for c in self.descriptor_counts):

@@ -8,8 +8,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from l2g_core import L2GError, PreparedQuery, RetrievalConfig, SearchPlan, prepare_query, stage1
 from plugins.errors import ExtractorInputError
 from stream.deadletter import dead_letter_for
@@ -266,7 +264,7 @@ class QueryLoop:
         stop_at = time.monotonic() + (item.deadline - self.cfg.deadline_margin_s - time.time())
         t3 = time.perf_counter()
         lists = [
-            PartitionList(part.partition, cands.take(np.arange(min(plan.transport.candidates, len(cands)))))
+            PartitionList(part.partition, cands.cut(plan.transport.candidates))
             for part, index in self.index.items() if part.topic == self.settings.topics.video
             for cands in [stage1(index, prepared, plan, self.retrieval, cameras=query.cameras,
                                  time_range=query.time_range, deadline=stop_at)]

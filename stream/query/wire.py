@@ -92,7 +92,7 @@ def prepared_from_payload(payload: QueryFeatures, local_dim: int, global_dim: in
 def _sent_descriptors(cands: Candidates, i: int, transport: Transport) -> int:
     if i < transport.verified:  # the geometric proof's candidates: every stored descriptor
         return int(cands.descriptors[i].shape[0])
-    if i >= transport.described:
+    if transport.described <= i < cands.ranked:  # (the joined tail is described like the ranking's best)
         return 0
     stored = int(cands.descriptors[i].shape[0])
     return stored if transport.descriptors is None else min(transport.descriptors, stored)
@@ -110,7 +110,7 @@ def _section(part: PartitionList, start: int, end: int, transport: Transport) ->
     sources = [k.source for k in keys]
     known = any(s is not None for s in sources)
     return CandidateSection(
-        partition=part.partition, start=start, total=len(cands),
+        partition=part.partition, start=start, total=len(cands), joined=cands.joined,
         cameras=[k.camera_id for k in keys],
         timestamps=[float(k.timestamp) for k in keys],
         sequences=[int(k.sequence) for k in keys],
@@ -162,7 +162,7 @@ def pack_partials(base: CandidatePartial, lists: Sequence[PartitionList], transp
 
     Args:
         base: the partial's header fields (query, worker, deadline, query features, ...); its sections are ignored.
-        lists: per partition, the candidates cut to ``transport.candidates``.
+        lists: per partition, the candidates cut to ``transport.candidates`` (and their joined tail).
         transport: what travels.
         max_bytes: the message size limit.
         source: the ``ce_source`` of the messages.
@@ -226,11 +226,15 @@ def candidates_from_sections(sections: Sequence[CandidateSection], stage: Stage,
                              global_dim: int) -> Candidates:
     """Reassemble one partition's candidate list from its slices (ordered by ``start``).
 
-    The coverage is the partition's (every slice repeats it).
+    The coverage and the joined tail's length are the partition's (every slice repeats them).
 
     Raises:
-        SchemaError: the arrays do not match the declared counts or dimensions.
+        SchemaError: the arrays do not match the declared counts or dimensions, or the slices disagree on the
+            joined tail.
     """
+    if len({sec.joined for sec in sections}) > 1:
+        raise SchemaError(f"the slices of one partition's list disagree on its joined tail "
+                          f"({sorted({sec.joined for sec in sections})})")
     keys: list[FrameKey] = []
     scores: list[np.ndarray] = []
     globs: list[np.ndarray] = []
@@ -254,6 +258,9 @@ def candidates_from_sections(sections: Sequence[CandidateSection], stage: Stage,
             kps += [x.astype(np.float32) for x in np.split(kp, bounds)] if n else []
     except (ValueError, TypeError) as exc:  # numpy reshape of foreign bytes; FrameKey's ShapeError is a ValueError
         raise SchemaError(f"candidate section does not match its dimensions: {exc}") from exc
+    joined = sections[0].joined if sections else 0
+    if joined > len(keys):
+        raise SchemaError(f"a joined tail of {joined} in a list of {len(keys)} candidates")
     return Candidates(
         keys=keys,
         scores=np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32),
@@ -263,4 +270,5 @@ def candidates_from_sections(sections: Sequence[CandidateSection], stage: Stage,
         descriptors=descs,
         keypoints=kps,
         coverage=sections[0].coverage if sections else Coverage(),
+        joined=joined,
     )

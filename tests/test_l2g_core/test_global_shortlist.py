@@ -1,0 +1,90 @@
+"""L2G's joined tail: the best frames by global cosine enter the re-ranked head whatever their local rank
+(``RetrievalConfig.global_shortlist``), exactly alike in one index and across merged indexes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from l2g_core import (
+    ConfigError,
+    FrameFeatures,
+    FrameKey,
+    IndexConfig,
+    RetrievalConfig,
+    Retriever,
+    RollingIndex,
+    SearchPlan,
+    merge_candidates,
+    prepare_query,
+    stage1,
+)
+from l2g_core.datasets import SyntheticVideo, make_synthetic_video
+
+CONFIG = RetrievalConfig(rerank_k=40, shortlist=80, global_shortlist=10)
+
+
+@pytest.fixture(scope="module")
+def video() -> SyntheticVideo:
+    return make_synthetic_video(num_frames=150, num_scenes=15, features_per_frame=64, local_dim=32, global_dim=16,
+                                num_queries=4, noise=0.5, global_noise=0.8, seed=2)
+
+
+def _index(video: SyntheticVideo, extra: list[tuple[FrameKey, FrameFeatures]] = ()) -> RollingIndex:
+    index = RollingIndex(IndexConfig(local_dim=32, global_dim=16, retention_seconds=None, bucket_seconds=20.0))
+    index.add([*video.keys, *(k for k, _ in extra)], [*video.features, *(f for _, f in extra)])
+    return index
+
+
+def test_the_plan_joins_the_global_shortlist_in_l2g_only() -> None:
+    assert SearchPlan.build("l2g", 10, CONFIG).joined == 10
+    assert all(SearchPlan.build(m, 10, CONFIG).joined == 0 for m in ("global", "global_to_local", "local"))
+    assert SearchPlan.build("l2g", 10, CONFIG.replace(global_shortlist=0)).joined == 0
+    with pytest.raises(ConfigError, match="global_shortlist"):
+        RetrievalConfig(global_shortlist=-1)
+
+
+def test_each_index_ends_its_list_with_its_best_global_frames(video: SyntheticVideo) -> None:
+    index = _index(video)
+    q = prepare_query(video.queries[0], CONFIG, 32, 16)
+    cands = stage1(index, q, SearchPlan.build("l2g", 10, CONFIG), CONFIG)
+    assert cands.joined == 10 and cands.ranked == len(cands) - 10 <= CONFIG.shortlist
+    cosine = np.stack([f.global_descriptor for f in video.features]) @ q.global_descriptor
+    best = [video.keys[i] for i in np.argsort(-cosine, kind="stable")[:10]]
+    assert cands.tail().keys == best
+    np.testing.assert_allclose(cands.tail().scores, np.sort(cosine)[::-1][:10], rtol=1e-5)
+    cut = cands.cut(5)  # what one worker sends: the ranking's best, and the whole tail
+    assert cut.ranked == 5 and cut.joined == 10 and cut.keys == [*cands.keys[:5], *best]
+
+
+def test_merged_tails_equal_one_index_whatever_the_sharding(video: SyntheticVideo) -> None:
+    index = _index(video)
+    plan = SearchPlan.build("l2g", 10, CONFIG)
+    for query in video.queries:
+        q = prepare_query(query, CONFIG, 32, 16)
+        whole = stage1(index, q, plan, CONFIG)
+        parts = [stage1(index, q, plan, CONFIG, cameras={c}) for c in ("cam-1", "cam-0")]
+        merged = merge_candidates(parts, plan, 16)
+        assert merged.keys == whole.keys and merged.joined == whole.joined == 10
+        np.testing.assert_array_equal(merged.scores, whole.scores)
+
+
+def test_a_frame_only_the_global_descriptor_finds_is_reranked(video: SyntheticVideo) -> None:
+    query = video.queries[0]
+    # its local descriptors point away from every query descriptor (no local match at all), its global descriptor
+    # is the query's: local search cannot find it, the joined tail does
+    lone = FrameFeatures.create(-query.descriptors, query.keypoints, query.scores, query.global_descriptor,
+                                (64, 64))
+    key = FrameKey("cam-lone", float(video.keys[0].timestamp), 0)
+    index = _index(video, [(key, lone)])
+
+    without = Retriever(index, CONFIG.replace(global_shortlist=0)).search(query, mode="l2g", k=100)
+    assert key not in [h.key for h in without.hits]
+
+    hits = Retriever(index, CONFIG).search(query, mode="l2g", k=100).hits
+    keys = [h.key for h in hits]
+    assert key in keys and len(set(keys)) == len(keys)
+    joined = hits[keys.index(key)]
+    assert "l2g" in joined.stage_scores and "local" not in joined.stage_scores  # re-ranked, local score unknown
+    assert joined.stage_scores["global"] == pytest.approx(1.0, abs=1e-5)
+    assert all("local" in h.stage_scores for h in hits if h.key != key)
