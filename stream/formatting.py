@@ -41,6 +41,12 @@ def _segments(result: QueryResult) -> list[str]:
     return lines
 
 
+def _stage_cell(score: float | None) -> str:
+    """One stage score, or a dash where the stage did not score the match (an L2G match that joined through the
+    global shortlist has no local score; one below the re-ranked head no L2G score)."""
+    return f"{'-':>8}" if score is None else f"{score:>8.4f}"
+
+
 def format_result(result: QueryResult, *, expected: tuple[str, int] | None = None) -> str:
     """The matches as a table, then latencies and coverage."""
     lines = []
@@ -54,7 +60,7 @@ def format_result(result: QueryResult, *, expected: tuple[str, int] | None = Non
     for i, m in enumerate(result.matches, 1):
         mark = "  <- expected" if expected is not None and (m.camera_id, m.frame) == expected else ""
         lines.append(f"{i:>2}  {m.camera_id[:28]:<28} {m.frame:>6}  {format_time(m.timestamp):<27} {m.score:>8.4f}  "
-                     + "  ".join(f"{m.stage_scores.get(s, float('nan')):>8.4f}" for s in stages)
+                     + "  ".join(_stage_cell(m.stage_scores.get(s)) for s in stages)
                      + f"  {_geometry(m):<22}" + mark)
     c = result.coverage
     if not result.matches:
