@@ -88,3 +88,12 @@ def test_a_frame_only_the_global_descriptor_finds_is_reranked(video: SyntheticVi
     assert "l2g" in joined.stage_scores and "local" not in joined.stage_scores  # re-ranked, local score unknown
     assert joined.stage_scores["global"] == pytest.approx(1.0, abs=1e-5)
     assert all("local" in h.stage_scores for h in hits if h.key != key)
+
+
+def test_a_query_without_local_features_is_answered_by_the_global_shortlist(video: SyntheticVideo) -> None:
+    index = _index(video)
+    query = video.queries[1]
+    bare = FrameFeatures.create(np.zeros((0, 32)), np.zeros((0, 2)), np.zeros(0), query.global_descriptor, (64, 64))
+    assert Retriever(index, CONFIG.replace(global_shortlist=0)).search(bare, mode="l2g", k=5).hits == []
+    hits = Retriever(index, CONFIG).search(bare, mode="l2g", k=5).hits
+    assert len(hits) == 5 and all(set(h.stage_scores) == {"global", "l2g"} for h in hits)
