@@ -10,7 +10,19 @@ import numpy as np
 from l2g_core.plan import Stage
 from l2g_core.types import FloatArray, FrameKey
 
-__all__ = ["Candidates", "Coverage"]
+__all__ = ["Candidates", "Coverage", "global_cosine"]
+
+
+def global_cosine(global_descriptors: FloatArray, query_global: FloatArray) -> FloatArray:
+    """``(n,)`` float32 cosines of ``(n, G)`` float32 unit global descriptors with the ``(G,)`` query descriptor.
+
+    Computed row by row in one fixed order (``einsum``, not BLAS, whose blocking may depend on the other rows): a
+    frame's value is the same in every index, every message and every merge, so each orders frames alike.
+    """
+    g = np.ascontiguousarray(global_descriptors, dtype=np.float32)
+    q = np.ascontiguousarray(query_global, dtype=np.float32)
+    out: FloatArray = np.einsum("ij,j->i", g, q).astype(np.float32, copy=False)
+    return out
 
 
 @dataclass(frozen=True)
@@ -66,14 +78,14 @@ class Candidates:
     """Candidate frames of one query with everything re-ranking needs.
 
     The list is the stage-1 ranking (its first :attr:`ranked` entries) followed by an optional *joined tail* of
-    ``joined`` entries: the best frames by global cosine, which join the L2G re-ranked head whatever their local
-    rank (``RetrievalConfig.global_shortlist``). A frame may stand in both parts.
+    ``joined`` entries: the best frames by global cosine (:func:`global_cosine`), which join the L2G re-ranked head
+    whatever their local rank (``RetrievalConfig.global_shortlist``). A frame may stand in both parts.
 
     Attributes:
         keys: ``m`` frame keys: the ranked part in descending ``scores`` order, then the joined tail in descending
-            global cosine.
-        scores: ``(m,)`` float32: first-stage scores (local Chamfer or global cosine, see ``stage``) of the ranked
-            part, global cosines of the joined tail.
+            global cosine (ties by key).
+        scores: ``(m,)`` float32 first-stage scores (local Chamfer or global cosine, see ``stage``); a joined
+            frame's is its local score (0 when no query feature found it).
         stage: ``"local"`` or ``"global"`` (what the ranked part's ``scores`` are).
         global_descriptors: ``(m, G)`` float32.
         descriptors: per candidate ``(n_i, D)`` float16, its strongest local descriptors.
@@ -103,7 +115,7 @@ class Candidates:
         return len(self.keys) - self.joined
 
     def tail(self) -> Candidates:
-        """The joined tail as a plain list (scores: global cosines, ``joined`` 0)."""
+        """The joined tail as a plain list (``joined`` 0)."""
         return self.take(np.arange(self.ranked, len(self)))
 
     def cut(self, n: int) -> Candidates:
@@ -146,43 +158,53 @@ class Candidates:
 
     @staticmethod
     def merge(parts: Sequence[Candidates], limit: int, global_dim: int, stage: Stage = "local",
-              joined: int = 0) -> Candidates:
+              joined: int = 0, query_global: FloatArray | None = None) -> Candidates:
         """Union of candidate lists from disjoint shards, best ``limit`` by score (ties by key), each frame once,
-        followed by the best ``joined`` of the parts' joined tails (by global cosine, ties by key, each frame once).
+        followed by the best ``joined`` of the parts' joined tails by :func:`global_cosine` with ``query_global``
+        (ties by key, each frame once; no tail without ``query_global``).
 
         ``stage`` is the stage of an empty result; otherwise the parts' own.
         """
         ranking = Candidates._merge_plain([p.take(np.arange(p.ranked)) if p.joined else p for p in parts], limit,
                                           global_dim, stage)
-        if joined == 0 or not any(p.joined for p in parts):
+        if joined == 0 or query_global is None or not any(p.joined for p in parts):
             return ranking
-        tail = Candidates._merge_plain([p.tail() for p in parts if p.joined], joined, global_dim, "global")
-        return ranking.with_joined(tail)
+        tails = Candidates._concat([p.tail() for p in parts if p.joined], global_dim, stage)
+        cosine = global_cosine(tails.global_descriptors, query_global)
+        return ranking.with_joined(tails.take(Candidates.best_positions(tails.keys, cosine, joined)))
 
     @staticmethod
-    def _merge_plain(parts: Sequence[Candidates], limit: int, global_dim: int, stage: Stage) -> Candidates:
-        keys = [k for p in parts for k in p.keys]
-        coverage = Coverage.combine([p.coverage for p in parts])
+    def _concat(parts: Sequence[Candidates], global_dim: int, stage: Stage) -> Candidates:
+        """The parts one after the other (``stage``: of an empty result; otherwise the first part's)."""
         stage = parts[0].stage if parts else stage
-        if not keys:
-            return Candidates.empty(stage, global_dim, coverage)
-        merged = Candidates(
-            keys=keys,
+        if not any(len(p) for p in parts):
+            return Candidates.empty(stage, global_dim, Coverage.combine([p.coverage for p in parts]))
+        return Candidates(
+            keys=[k for p in parts for k in p.keys],
             scores=np.concatenate([p.scores for p in parts]).astype(np.float32),
             stage=stage,
             global_descriptors=np.concatenate([p.global_descriptors for p in parts]).astype(np.float32),
             descriptors=[d for p in parts for d in p.descriptors],
             keypoints=[k for p in parts for k in p.keypoints],
-            coverage=coverage,
+            coverage=Coverage.combine([p.coverage for p in parts]),
         )
-        # deterministic order whatever the sharding: score descending, then frame key; a frame held by two parts
-        # (e.g. indexed twice during a rebalance) is kept once, at its best score
+
+    @staticmethod
+    def best_positions(keys: Sequence[FrameKey], values: FloatArray, limit: int) -> list[int]:
+        """Positions of the best ``limit`` ``values`` (ties by key), each frame once (a frame held by two parts,
+        e.g. indexed twice during a rebalance, is kept at its best value)."""
         seen: set[tuple[str, int, int]] = set()
         order: list[int] = []
-        for i in sorted(range(len(keys)), key=lambda i: (-float(merged.scores[i]), keys[i])):
+        for i in sorted(range(len(keys)), key=lambda i: (-float(values[i]), keys[i])):
             if keys[i].dedup_key not in seen:
                 seen.add(keys[i].dedup_key)
                 order.append(i)
                 if len(order) == limit:
                     break
-        return merged.take(order)
+        return order
+
+    @staticmethod
+    def _merge_plain(parts: Sequence[Candidates], limit: int, global_dim: int, stage: Stage) -> Candidates:
+        # deterministic order whatever the sharding: score descending, then frame key, each frame once
+        merged = Candidates._concat(parts, global_dim, stage)
+        return merged.take(Candidates.best_positions(merged.keys, merged.scores, limit))

@@ -222,7 +222,11 @@ def verify_hits(
         One entry per hit: its proof for the first ``top`` hits, None for the rest. A hit whose candidate carries
         no features (or no keypoints) gets ``no_geometry`` saying so.
     """
-    where = {key.dedup_key: i for i, key in enumerate(candidates.keys)}
+    where: dict[tuple[str, int, int], int] = {}  # a frame listed twice (ranking and joined tail): its fuller entry
+    for pos, key in enumerate(candidates.keys):
+        j = where.get(key.dedup_key)
+        if j is None or candidates.descriptors[pos].shape[0] > candidates.descriptors[j].shape[0]:
+            where[key.dedup_key] = pos
     out: list[Geometry | None] = []
     for rank, hit in enumerate(hits):
         if rank >= top:

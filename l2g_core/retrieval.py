@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -86,20 +86,19 @@ def _hits(cands: Candidates, order: np.ndarray, final: np.ndarray, name: str, qu
     return hits
 
 
-def merge_candidates(parts: Sequence[Candidates], plan: SearchPlan, global_dim: int) -> Candidates:
-    """The stage-1 lists of disjoint indexes merged into the plan's shortlist and joined tail (deterministic
-    order)."""
-    return Candidates.merge(parts, plan.shortlist, global_dim, plan.stage1, plan.joined)
+def merge_candidates(parts: Sequence[Candidates], plan: SearchPlan, query: PreparedQuery) -> Candidates:
+    """The stage-1 lists of disjoint indexes (for ``query``) merged into the plan's shortlist and joined tail
+    (deterministic order)."""
+    glob = query.global_descriptor
+    return Candidates.merge(parts, plan.shortlist, glob.shape[0], plan.stage1, plan.joined, glob)
 
 
-def _l2g_head(cands: Candidates, rerank_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions in ``cands`` of the L2G re-ranked head, of the rest of the ranking below it, and which head
-    entries joined through the global shortlist.
+def _l2g_head(cands: Candidates, rerank_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``cands`` of the L2G re-ranked head and of the rest of the ranking below it.
 
     Returns:
-        ``(head, rest, joined)``: ``head`` the first ``rerank_k`` of the ranking, then every joined-tail entry not
-        among them; ``rest`` the ranking below the first ``rerank_k`` without the frames the tail brought into the
-        head; ``joined`` ``(len(head),)`` bool.
+        ``(head, rest)``: ``head`` the first ``rerank_k`` of the ranking, then every joined-tail entry not among
+        them; ``rest`` the ranking below the first ``rerank_k`` without the frames the tail brought into the head.
     """
     first = min(rerank_k, cands.ranked)
     seen = {cands.keys[i].dedup_key for i in range(first)}
@@ -111,7 +110,7 @@ def _l2g_head(cands: Candidates, rerank_k: int) -> tuple[np.ndarray, np.ndarray,
     pulled = {cands.keys[i].dedup_key for i in extra}
     rest = [i for i in range(first, cands.ranked) if cands.keys[i].dedup_key not in pulled]
     head = np.array([*range(first), *extra], dtype=np.int64)
-    return head, np.array(rest, dtype=np.int64), np.arange(head.size) >= first
+    return head, np.array(rest, dtype=np.int64)
 
 
 def stage2(query: PreparedQuery, cands: Candidates, plan: SearchPlan, config: RetrievalConfig,
@@ -148,22 +147,17 @@ def stage2(query: PreparedQuery, cands: Candidates, plan: SearchPlan, config: Re
         order = np.argsort(-final, kind="stable")[:k]
         hits = _hits(cands, order, final, plan.mode, query, {"inliers": inliers})
     else:
-        head, rest, joined = _l2g_head(cands, config.rerank_k)
-        # a joined frame's stage-1 (local) score is unknown here (0): its query row is the symmetric Chamfer half
-        selected = replace(cands.take(head), scores=np.where(joined, 0.0, cands.scores[head]).astype(np.float32))
-        out = l2g_rerank(query.descriptors, query.global_descriptor, selected, config)
+        head, rest = _l2g_head(cands, config.rerank_k)
+        out = l2g_rerank(query.descriptors, query.global_descriptor, cands.take(head), config)
         timings.update(out.timings_ms)
         # re-ranked head first; the rest keeps its stage-1 order (and its stage-1 score) below it
         order = np.concatenate([np.argsort(-out.scores, kind="stable"), head.size + np.arange(rest.size)])[:k]
         listed = cands.take(np.concatenate([head, rest]))
         display = np.concatenate([out.scores, listed.scores[head.size:]]).astype(np.float32)
-        hits = []
-        for i, h in zip(order, _hits(listed, order, display, "l2g", query), strict=True):
-            if i >= head.size:  # below the head: no L2G score
-                h = Hit(h.key, h.score, {s: v for s, v in h.stage_scores.items() if s != "l2g"})
-            elif joined[i]:  # joined through the global shortlist: its local score is not known
-                h = Hit(h.key, h.score, {s: v for s, v in h.stage_scores.items() if s != cands.stage})
-            hits.append(h)
+        hits = [
+            h if i < head.size else Hit(h.key, h.score, {s: v for s, v in h.stage_scores.items() if s != "l2g"})
+            for i, h in zip(order, _hits(listed, order, display, "l2g", query), strict=True)
+        ]
     timings["stage2"] = (time.perf_counter() - t0) * 1e3
     return Ranking(hits, timings, coverage)
 
@@ -202,7 +196,7 @@ def search(
     prepared = prepare_query(query, config, dims.local_dim, dims.global_dim)
     parts = [stage1(index, prepared, plan, config, cameras=cameras, time_range=time_range, deadline=deadline)
              for index in indexes]
-    merged = parts[0] if len(parts) == 1 else merge_candidates(parts, plan, dims.global_dim)
+    merged = parts[0] if len(parts) == 1 else merge_candidates(parts, plan, prepared)
     t1 = time.perf_counter()
     ranking = stage2(prepared, merged, plan, config, deadline)
     timings = dict(ranking.timings_ms)

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from l2g_core.candidates import Candidates, Coverage
+from l2g_core.candidates import Candidates, Coverage, global_cosine
 from l2g_core.chamfer import aggregate_neighbors
 from l2g_core.config import RetrievalConfig
 from l2g_core.index.rolling import RollingIndex
@@ -70,9 +70,11 @@ def _collect(
     cameras: Collection[str] | None,
     time_range: tuple[float, float] | None,
     deadline: float | None,
+    tail: tuple[FloatArray, int] | None = None,
 ) -> Candidates:
     """Score the frames of every selected shard (unit by unit, newest first) and keep the best ``limit`` over all
-    of them."""
+    of them; with ``tail = (query_global, joined)``, also the best ``joined`` by :func:`global_cosine` (each with
+    its score) as the joined tail."""
     with index.locked():
         shards = index.select(cameras, time_range)
         total_frames = sum(len(s) for s in shards)
@@ -83,6 +85,7 @@ def _collect(
         frames: list[np.ndarray] = []  # (n_i,) int64 frame numbers within the shard
         scored: list[FloatArray] = []  # (n_i,) float32 scores
         order: list[Shard] = []  # searched shards, in the order their candidates were collected
+        joined: list[tuple[int, np.ndarray, FloatArray, FloatArray]] = []  # (shard position, frames, cosines, scores)
         for segment, members in _units(index, shards):
             if deadline is not None and time.monotonic() > deadline and searched:
                 notes.append(f"deadline: {searched} of {len(shards)} shards searched")
@@ -95,6 +98,11 @@ def _collect(
                 owners.append(np.full(idx.size, searched, np.int64))
                 frames.append(idx)
                 scored.append(scores[idx].astype(np.float32))
+                if tail is not None:
+                    inside = np.flatnonzero(mask)
+                    cosine = global_cosine(shard.globals[inside], tail[0])
+                    keep = _top(cosine, tail[1])
+                    joined.append((searched, inside[keep], cosine[keep], scores[inside[keep]].astype(np.float32)))
                 order.append(shard)
                 searched += 1
                 frames_searched += len(shard)
@@ -119,8 +127,32 @@ def _collect(
             descriptors=[shard.rerank_descriptors[f] for shard, f in picked],
             keypoints=[shard.rerank_keypoints[f] for shard, f in picked],
         )
+        if tail is not None:
+            tail_part = _tail(order, joined, tail[1], index.config.global_dim, stage)
     merged = Candidates.merge([part], limit, index.config.global_dim, stage)
+    if tail is not None:
+        merged = merged.with_joined(tail_part)
     return replace(merged, coverage=coverage)
+
+
+def _tail(order: list[Shard], joined: list[tuple[int, np.ndarray, FloatArray, FloatArray]], limit: int,
+          global_dim: int, stage: Stage) -> Candidates:
+    """The best ``limit`` frames by global cosine of the per-shard picks ``joined``, with their stage-1 scores."""
+    picked = [(order[o], int(f), float(c), float(s)) for o, fs, cs, ss in joined
+              for f, c, s in zip(fs.tolist(), cs.tolist(), ss.tolist(), strict=True)]
+    if not picked:
+        return Candidates.empty(stage, global_dim)
+    keys = [shard.keys[f] for shard, f, _, _ in picked]
+    cosine = np.array([c for _, _, c, _ in picked], np.float32)
+    best = Candidates.best_positions(keys, cosine, limit)
+    return Candidates(
+        keys=[keys[i] for i in best],
+        scores=np.array([picked[i][3] for i in best], np.float32),
+        stage=stage,
+        global_descriptors=np.stack([picked[i][0].globals[picked[i][1]] for i in best]),
+        descriptors=[picked[i][0].rerank_descriptors[picked[i][1]] for i in best],
+        keypoints=[picked[i][0].rerank_keypoints[picked[i][1]] for i in best],
+    )
 
 
 def local_candidates(
@@ -132,6 +164,8 @@ def local_candidates(
     cameras: Collection[str] | None = None,
     time_range: tuple[float, float] | None = None,
     deadline: float | None = None,
+    joined: int = 0,
+    query_global: FloatArray | None = None,
 ) -> Candidates:
     """Stage 1: frames ranked by kernel Chamfer similarity to the query's local descriptors.
 
@@ -147,6 +181,8 @@ def local_candidates(
         limit: candidates returned.
         cameras, time_range: filters (None = all).
         deadline: ``time.monotonic()`` value after which no further unit is searched.
+        joined, query_global: with ``joined`` > 0, the best ``joined`` frames by :func:`global_cosine` with
+            ``query_global`` ``(G,)`` float32 follow the ranking as its joined tail, each with its local score.
 
     Returns:
         Candidates with ``stage="local"`` and scores in ``[0, 1]``.
@@ -181,7 +217,8 @@ def local_candidates(
         sums = aggregate(sims, frames, int(sizes[-1]))
         return [sums[a:b] for a, b in itertools.pairwise(sizes.tolist())]
 
-    return _collect(index, score, "local", limit, cameras, time_range, deadline)
+    tail = None if joined == 0 or query_global is None else (np.asarray(query_global, np.float32), joined)
+    return _collect(index, score, "local", limit, cameras, time_range, deadline, tail)
 
 
 def global_candidates(
@@ -223,15 +260,11 @@ def stage1(
 
     Returns:
         Candidates with ``stage=plan.stage1`` and the index's coverage (one partition); with ``plan.joined``, the
-        index's best ``plan.joined`` frames by global cosine follow as the joined tail.
+        index's best ``plan.joined`` frames by global cosine follow as the joined tail (with their local scores).
     """
     if plan.stage1 == "global":
         return global_candidates(index, query.global_descriptor, limit=plan.shortlist, cameras=cameras,
                                  time_range=time_range, deadline=deadline)
-    ranking = local_candidates(index, query.descriptors, config, limit=plan.shortlist, cameras=cameras,
-                               time_range=time_range, deadline=deadline)
-    if plan.joined == 0:
-        return ranking
-    tail = global_candidates(index, query.global_descriptor, limit=plan.joined, cameras=cameras,
-                             time_range=time_range, deadline=deadline)
-    return ranking.with_joined(tail)
+    return local_candidates(index, query.descriptors, config, limit=plan.shortlist, cameras=cameras,
+                            time_range=time_range, deadline=deadline, joined=plan.joined,
+                            query_global=query.global_descriptor)

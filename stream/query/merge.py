@@ -213,8 +213,6 @@ class MergeLoop:
         latency["merge_wait"] = max(0.0, (pend.last_partial - first_received) * 1e3)
         plan = pend.plan
         parts = [c for _, c in sorted(pend.complete.items())]
-        merged = merge_candidates(parts, plan, pend.global_dim) if parts else Candidates.empty(plan.stage1,
-                                                                                            pend.global_dim)
         matches: list[Match] = []
         segments: list[Segment] = []
         cut_short = note is not None
@@ -222,6 +220,8 @@ class MergeLoop:
             notes.append("no partition was searched" if pend.skipped else "no partial arrived before the deadline")
         else:
             prepared = prepared_from_payload(pend.features, pend.local_dim, pend.global_dim)  # checked in add()
+            merged = merge_candidates(parts, plan, prepared) if parts else Candidates.empty(plan.stage1,
+                                                                                            pend.global_dim)
             stop_at = time.monotonic() + (pend.deadline - time.time())
             ranking = stage2(prepared, merged, plan, self.retrieval, stop_at)
             latency["stage2"] = ranking.timings_ms.get("stage2", 0.0)

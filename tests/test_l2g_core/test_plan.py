@@ -81,7 +81,7 @@ def test_search_over_split_indexes_equals_one_index(mode: str) -> None:
         # and the three steps by hand give the same again
         prepared = prepare_query(query, CFG, 32, 16)
         lists = [stage1(index, prepared, plan, CFG) for index in parts]
-        ranking = stage2(prepared, merge_candidates(lists, plan, 16), plan, CFG)
+        ranking = stage2(prepared, merge_candidates(lists, plan, prepared), plan, CFG)
         assert [h.key for h in ranking.hits] == [h.key for h in one.hits]
 
 

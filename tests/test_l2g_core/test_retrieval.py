@@ -90,7 +90,7 @@ def test_candidates_merge_is_independent_of_sharding(setup) -> None:
     plan = SearchPlan.build("local", 50, retriever.config)
     whole = stage1(retriever.index, q, plan, retriever.config, cameras=None)
     parts = [stage1(retriever.index, q, plan, retriever.config, cameras={c}) for c in ("cam-0", "cam-1")]
-    merged = merge_candidates(parts, plan, 16)
+    merged = merge_candidates(parts, plan, q)
     assert merged.keys == whole.keys
     np.testing.assert_allclose(merged.scores, whole.scores)
 
