@@ -57,8 +57,11 @@ class IndexConfig:
         ivf_lists: IVF coarse centroids; ``pq_bytes``: PQ code size per feature (4-bit fast-scan codes with
             ``2 * pq_bytes`` sub-quantizers when ``local_dim`` allows, see ``index.backend.train_ivfpq``; 32 bytes
             keep stage 1 within 1 mAP point of exact search, 16 lost 4 points on the video set, docs/scaling.md);
-            ``nprobe``: lists probed.
-        train_size: vectors sampled to train IVF-PQ.
+            ``nprobe``: lists probed. 4096 lists scan a 1.6M-feature segment 4.7x faster than 1024 at the same
+            ``nprobe`` and, on real video features (881 frames at 4 fps, 110 queries), scored no lower: local mAP
+            45.8 vs 41.4, l2g 56.9 vs 55.3, exact flat search 35.5 / 49.0 (docs/scaling.md).
+        train_size: vectors sampled to train IVF-PQ (~64 per list at the defaults; a smaller sample trains
+            ``sample // 39`` lists).
         device: FAISS device; ``auto`` uses a GPU when faiss was built with one and a GPU is present.
         gpu_id: which GPU holds the GPU shards (``device`` ``cuda`` or ``auto`` with a GPU).
     """
@@ -73,10 +76,10 @@ class IndexConfig:
     rerank_dtype: RerankDtype = "int8"
     index_kind: IndexKind = "auto"
     compress_after: int = 1_000_000
-    ivf_lists: int = 1024
+    ivf_lists: int = 4096
     pq_bytes: int = 32
     nprobe: int = 16
-    train_size: int = 131_072
+    train_size: int = 262_144
     device: Device = "auto"
     gpu_id: int = 0
 
