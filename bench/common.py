@@ -35,7 +35,7 @@ def field_overrides(cls: type, pairs: Sequence[str]) -> dict[str, Any]:
             out[name] = None
         elif isinstance(default, bool):
             out[name] = text.lower() in ("1", "true", "yes")
-        elif isinstance(default, (int, float)) and default is not None:
+        elif isinstance(default, (int, float)):
             out[name] = type(default)(float(text)) if isinstance(default, int) else float(text)
         else:
             out[name] = text

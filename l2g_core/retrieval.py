@@ -107,8 +107,8 @@ def _l2g_head(cands: Candidates, rerank_k: int) -> tuple[np.ndarray, np.ndarray]
         if cands.keys[i].dedup_key not in seen:
             seen.add(cands.keys[i].dedup_key)
             extra.append(i)
-    pulled = {cands.keys[i].dedup_key for i in extra}
-    rest = [i for i in range(first, cands.ranked) if cands.keys[i].dedup_key not in pulled]
+    # (the ranking holds each frame once, so what ``seen`` holds below ``first`` is what the tail brought in)
+    rest = [i for i in range(first, cands.ranked) if cands.keys[i].dedup_key not in seen]
     head = np.array([*range(first), *extra], dtype=np.int64)
     return head, np.array(rest, dtype=np.int64)
 

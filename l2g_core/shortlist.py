@@ -118,15 +118,7 @@ def _collect(
         owner = np.concatenate(owners)[best] if owners else best
         frame = np.concatenate(frames)[best] if frames else best
         picked = [(order[o], f) for o, f in zip(owner.tolist(), frame.tolist(), strict=True)]
-        part = Candidates(
-            keys=[shard.keys[f] for shard, f in picked],
-            scores=all_scores[best],
-            stage=stage,
-            global_descriptors=np.stack([shard.globals[f] for shard, f in picked]) if picked
-            else np.zeros((0, index.config.global_dim), np.float32),
-            descriptors=[shard.rerank_descriptors[f] for shard, f in picked],
-            keypoints=[shard.rerank_keypoints[f] for shard, f in picked],
-        )
+        part = _gather(picked, all_scores[best], stage, index.config.global_dim)
         if tail is not None:
             tail_part = _tail(order, joined, tail[1], index.config.global_dim, stage)
     merged = Candidates.merge([part], limit, index.config.global_dim, stage)
@@ -135,24 +127,28 @@ def _collect(
     return replace(merged, coverage=coverage)
 
 
+def _gather(picked: list[tuple[Shard, int]], scores: FloatArray, stage: Stage, global_dim: int) -> Candidates:
+    """Candidates of the ``picked`` (shard, frame number) pairs, in that order, with ``scores`` ``(len(picked),)``
+    float32 and each frame's stored global descriptor, re-rank descriptors and keypoints."""
+    return Candidates(
+        keys=[shard.keys[f] for shard, f in picked],
+        scores=np.asarray(scores, np.float32),
+        stage=stage,
+        global_descriptors=np.stack([shard.globals[f] for shard, f in picked]) if picked
+        else np.zeros((0, global_dim), np.float32),
+        descriptors=[shard.rerank_descriptors[f] for shard, f in picked],
+        keypoints=[shard.rerank_keypoints[f] for shard, f in picked],
+    )
+
+
 def _tail(order: list[Shard], joined: list[tuple[int, np.ndarray, FloatArray, FloatArray]], limit: int,
           global_dim: int, stage: Stage) -> Candidates:
     """The best ``limit`` frames by global cosine of the per-shard picks ``joined``, with their stage-1 scores."""
-    picked = [(order[o], int(f), float(c), float(s)) for o, fs, cs, ss in joined
-              for f, c, s in zip(fs.tolist(), cs.tolist(), ss.tolist(), strict=True)]
-    if not picked:
-        return Candidates.empty(stage, global_dim)
-    keys = [shard.keys[f] for shard, f, _, _ in picked]
-    cosine = np.array([c for _, _, c, _ in picked], np.float32)
-    best = Candidates.best_positions(keys, cosine, limit)
-    return Candidates(
-        keys=[keys[i] for i in best],
-        scores=np.array([picked[i][3] for i in best], np.float32),
-        stage=stage,
-        global_descriptors=np.stack([picked[i][0].globals[picked[i][1]] for i in best]),
-        descriptors=[picked[i][0].rerank_descriptors[picked[i][1]] for i in best],
-        keypoints=[picked[i][0].rerank_keypoints[picked[i][1]] for i in best],
-    )
+    frames = [(order[o], f) for o, fs, _, _ in joined for f in fs.tolist()]
+    cosine = np.concatenate([c for _, _, c, _ in joined]) if joined else np.zeros(0, np.float32)
+    scores = np.concatenate([s for _, _, _, s in joined]) if joined else np.zeros(0, np.float32)
+    best = Candidates.best_positions([shard.keys[f] for shard, f in frames], cosine, limit)
+    return _gather([frames[i] for i in best], scores[best], stage, global_dim)
 
 
 def local_candidates(

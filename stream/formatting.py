@@ -42,8 +42,8 @@ def _segments(result: QueryResult) -> list[str]:
 
 
 def _stage_cell(score: float | None) -> str:
-    """One stage score, or a dash where the stage did not score the match (an L2G match that joined through the
-    global shortlist has no local score; one below the re-ranked head no L2G score)."""
+    """One stage score, or a dash where the stage did not score the match (e.g. an L2G match below the re-ranked
+    head has no L2G score)."""
     return f"{'-':>8}" if score is None else f"{score:>8.4f}"
 
 

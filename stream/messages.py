@@ -157,7 +157,7 @@ class CandidateSection(_Schema):
             empty when none is known.
         coverage: what the search of the partition covered (repeated in every slice).
         joined: how many of the partition's ``total`` candidates (the last) are its joined tail: its best frames by
-            global cosine, whose ``scores`` are those cosines (``l2g``; repeated in every slice).
+            global cosine, each with its local stage-1 ``score`` (``l2g``; repeated in every slice).
     """
 
     partition: int = Field(ge=0)

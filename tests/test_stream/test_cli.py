@@ -98,7 +98,7 @@ def test_format_result_table() -> None:
     assert "INCOMPLETE" in text and "2/3 partitions" in text and "stage1=3.0" in text
     err = QueryResult(query_id="q", worker_id="w", status="error", mode="l2g", error="bad_image: nope")
     assert "ERROR bad_image: nope" in format_result(err)
-    # a match that joined through the global shortlist has no local score: a dash, not "nan"
+    # a stage that did not score a match: a dash, not "nan"
     joined = res.model_copy(update={"matches": [*res.matches, Match(camera_id="cam", frame=4, timestamp=1.7e9,
                                                                       score=0.4, stage_scores={"l2g": 0.4})]})
     row = format_result(joined).splitlines()[4]  # title, header, rule, the first match, this one
