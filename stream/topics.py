@@ -41,11 +41,13 @@ class TopicWatch:
         admin: inspects and creates topics (closed by :meth:`close`).
         sink: the worker's producer (its delivery state feeds readiness ``producer``), or None.
         health: readiness conditions ``topics`` and ``producer``, heartbeat ``topics``.
-        on_changed: told of topics that came back, were created again or changed their partition count.
+        on_changed: told of topics that came back, were created again or changed their partition count, as
+            ``{name: id}`` (the topic's new id, None where the broker has no topic ids).
     """
 
     def __init__(self, settings: Settings, admin: TopicAdmin, sink: MessageSink | None = None, *,
-                 health: Health | None = None, on_changed: Callable[[list[str]], None] | None = None) -> None:
+                 health: Health | None = None,
+                 on_changed: Callable[[dict[str, str | None]], None] | None = None) -> None:
         t = settings.topics
         self.settings = settings
         self.names = [t.video, t.queries, t.candidates, t.results, t.dead_letters]
@@ -136,11 +138,11 @@ class TopicWatch:
         """Tell ``on_changed`` of the topics that came back, were created again or changed their partition count
         since the last check (the worker makes its group consumers join again: see ``KafkaSource.request_rejoin``)."""
         ids = self.admin.topic_ids()
-        changed: list[str] = []
+        changed: dict[str, str | None] = {}
         for name in self.names:
             now = (counts[name], ids.get(name)) if name in counts else None
             if name in self._last and now is not None and self._last[name] != now:
-                changed.append(name)
+                changed[name] = ids.get(name)
             self._last[name] = now
         if changed:
             LOG.warning("topics %s were created again or changed: the consumers join their groups again",

@@ -261,14 +261,19 @@ class Worker:
         self._opened = True
         return self
 
-    def _topics_changed(self, names: list[str]) -> None:
-        """Topics came back or changed (the ``topics`` loop): the group consumers of those join again as new members
-        at their next poll (the query loop follows its topic itself)."""
+    def _topics_changed(self, changed: dict[str, str | None]) -> None:
+        """Topics came back or changed (the ``topics`` loop, ``{name: new id}``): the group consumers of those join
+        again as new members at their next poll, knowing the new ids, and the worker is not ready until their group
+        assigns again (the loop's assignment callback sets the condition; the query loop follows its topic itself).
+        """
         t = self.settings.topics
-        for topic, loop in ((t.video, self.ingest), (t.candidates, self.merge)):
+        for topic, loop, condition in ((t.video, self.ingest, "ingest_assigned"),
+                                       (t.candidates, self.merge, "merge_assigned")):
             rejoin = getattr(getattr(loop, "source", None), "request_rejoin", None)
-            if topic in names and rejoin is not None:
-                rejoin()
+            if topic in changed and rejoin is not None:
+                self.health.set_condition(condition, False)
+                tid = changed[topic]
+                rejoin({topic: tid} if tid is not None else None)
 
     # ------------------------------------------------------------------ running
     def loops(self) -> list[tuple[str, Loop]]:

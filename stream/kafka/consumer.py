@@ -15,6 +15,7 @@ from kafka.structs import OffsetAndMetadata
 
 from stream.errors import BrokerError
 from stream.kafka.config import common_config, forbid_auto_create, merge_extra
+from stream.kafka.topic_ids import TopicIds
 from stream.ports import Partition, RebalanceCallback, Record
 from stream.settings import KafkaSettings
 
@@ -109,7 +110,7 @@ class KafkaSource:
         self._assign_generation = 0
         self._sought: set[Partition] = set()
         self._in_listener = threading.local()
-        self._topic_ids: dict[str, Any] = {}  # of the assigned topics, as last seen in the cluster metadata
+        self._ids = TopicIds()  # which log of each assigned topic the positions refer to
         self._listener: _Listener | None = None
         self._topics: list[str] = []
         self._group_generation: tuple[Any, Any] | None = None  # (member id, generation) of the last assignment
@@ -163,13 +164,19 @@ class KafkaSource:
                 coordinator.rejoin_needed = True  # cleared by kafka-python when the join's result is applied
             coordinator.poll(timeout_ms=self._join_wait_ms)
 
-    def request_rejoin(self) -> None:
+    def request_rejoin(self, topic_ids: Mapping[str, str] | None = None) -> None:
         """Leave the group and join again as a new member at the next :meth:`poll` (any thread may call this).
 
         For a topic that was deleted and created again (a broker restarted empty), or came back with another
         partition count: tansu answers the rejoin of a known member with its stale assignment (see
         :meth:`_note_generation`), and only the group leader notices a partition-count change at all.
+
+        Args:
+            topic_ids: the topics' new ids as the admin client saw them (``{name: id}``). The rejoin's assignment
+                refers to them even when this client's metadata still names the old ids, so the metadata refresh
+                that later shows the new ids does not make the member join a second time.
         """
+        self._ids.announce(topic_ids or {})
         self._rejoin_requested = True
         self._rejoin_requested_at = self._assign_generation
 
@@ -286,26 +293,19 @@ class KafkaSource:
                 self._positions[_part(tp)] = batches[tp][-1].offset + 1
         return out
 
-    def _topic_id(self, topic: str) -> Any:
+    def _topic_id(self, topic: str) -> str | None:
         """The topic's id in the client's cluster metadata (None when unknown or missing)."""
         cluster = getattr(self._consumer, "_cluster", None)
         tid = cluster.topic_id(topic) if cluster is not None and hasattr(cluster, "topic_id") else None
-        return tid if tid is not None and getattr(tid, "int", 1) != 0 else None
+        return str(tid) if tid is not None and getattr(tid, "int", 1) != 0 else None
 
     def _recreated(self, topic: str) -> bool:
-        """Whether ``topic``'s id changed since last seen (deleted and created again: a broker restarted empty)."""
-        tid = self._topic_id(topic)
-        if tid is None:
-            return False
-        before = self._topic_ids.get(topic)
-        self._topic_ids[topic] = tid
-        return before is not None and before != tid
+        """Record ``topic``'s newest id; whether it changed (deleted and created again: a broker restarted empty)."""
+        return self._ids.record(topic, self._topic_id(topic))
 
     def _id_changed(self, topic: str) -> bool:
-        """Whether ``topic`` is missing or has another id than when it was last assigned (never on brokers without
-        topic ids)."""
-        before = self._topic_ids.get(topic)
-        return before is not None and self._topic_id(topic) != before
+        """Whether ``topic`` has a newer id than when it was last assigned (never on brokers without topic ids)."""
+        return self._ids.changed(topic, self._topic_id(topic))
 
     def _check_resets(self) -> set[Partition]:
         """Partitions of a recreated topic: read again from their beginning (checked every second).
@@ -324,8 +324,7 @@ class KafkaSource:
         assigned = self._consumer.assignment()
         # a group member joins again instead (seeking while it rebalances stalls it); its new assignment starts
         # where the group decides, and nothing read from the old log is committed meanwhile (commit)
-        if self._topics and not self._rejoin_requested and any(
-                self._id_changed(t) and self._topic_id(t) is not None for t in self._topics):
+        if self._topics and not self._rejoin_requested and any(self._id_changed(t) for t in self._topics):
             self.request_rejoin()
         for topic in sorted({tp.topic for tp in assigned} if not self._topics else ()):
             if self._recreated(topic):
@@ -424,7 +423,8 @@ class KafkaSource:
             BrokerError: the broker refused the commit for another reason.
         """
         owned = self.assignment()
-        stale = {p.topic for p in offsets if self._id_changed(p.topic)}
+        stale = {p.topic for p in offsets if self._ids.recorded(p.topic) is not None
+                 and (self._topic_id(p.topic) is None or self._id_changed(p.topic))}
         if stale:  # offsets of a log that no longer exists would make the new one skip its first records
             LOG.warning("not committing offsets of %s: the topic was deleted or recreated since they were read",
                         ", ".join(sorted(stale)))

@@ -120,7 +120,10 @@ def _ask_every_partition(settings: Settings, cam: SyntheticCamera, camera_id: st
                 out[p] = f"{type(exc).__name__}: {str(exc)[:80]}"
                 continue
             good = bool(result.matches) and result.matches[0].camera_id == camera_id
-            out[p] = "ok" if good and result.status == "complete" else f"{result.status}, {len(result.matches)} hits"
+            cov = result.coverage
+            out[p] = "ok" if good and result.status == "complete" else (
+                f"{result.status}, {len(result.matches)} hits, {cov.partitions_searched}/{cov.partitions_total} "
+                f"partitions searched: {'; '.join(cov.notes)[:200]}")
     return out
 
 

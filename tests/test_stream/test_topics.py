@@ -126,10 +126,10 @@ def test_topics_recreated_or_resized_are_reported_to_the_worker(tmp_path: Path) 
     assert told == []  # nothing changed
     admin.counts = {}  # the broker restarted empty: the watch recreates them (new ids)
     watch.check()
-    assert told == [names]
-    admin.counts[names[1]] = 4  # the query topic comes back with 4 partitions
+    assert told == [{n: f"{n}-2" for n in names}]  # with the ids the watch created them with
+    admin.counts[names[1]] = 4  # the query topic comes back with 4 partitions (same id)
     watch.check()
-    assert told[-1] == [names[1]] and watch.counts[names[1]] == 4
+    assert told[-1] == {names[1]: f"{names[1]}-2"} and watch.counts[names[1]] == 4
 
 
 def test_readiness_follows_the_producer_and_a_failed_producer_is_recovered_once_topics_are_fine(
