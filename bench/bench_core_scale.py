@@ -24,7 +24,7 @@ from l2g_core.rerank.smacof import smacof
 
 
 def bench_index(num_frames: int, num_queries: int, features: int, kind: str, seed: int = 0,
-                index_options: dict[str, Any] | None = None) -> None:
+                index_options: dict[str, Any] | None = None, config: RetrievalConfig | None = None) -> None:
     model = SceneModel(num_scenes=max(50, num_frames // 50), features_per_frame=features, local_dim=64,
                        global_dim=256, noise=0.5, global_noise=1.0, seed=seed)
     options: dict[str, Any] = {"bucket_seconds": 600.0, "retention_seconds": None, "rerank_features": 128,
@@ -41,7 +41,7 @@ def bench_index(num_frames: int, num_queries: int, features: int, kind: str, see
     stats = index.stats()
     queries = [model.partial_view(f) for f in sample]
     for mode in ("local", "l2g"):
-        cfg = RetrievalConfig(shortlist=700, rerank_k=100)
+        cfg = config or RetrievalConfig()
         retriever = Retriever(index, cfg)
         retriever.search(queries[0], mode=mode, k=10)  # warm-up
         stage1, stage2, total = [], [], []
@@ -57,7 +57,7 @@ def bench_index(num_frames: int, num_queries: int, features: int, kind: str, see
             "search_units": getattr(stats, "segments", 0) or stats.shards,
             "codec": type(index.template).__name__ if index.template is not None else "IndexFlatIP",
             "build_s": round(build_s, 1), "queries": len(queries), "shortlist": cfg.shortlist,
-            "rerank_k": cfg.rerank_k,
+            "rerank_k": cfg.rerank_k, "global_shortlist": cfg.global_shortlist,
             **{f"stage1_{k}": v for k, v in percentiles(stage1, (50, 95)).items()},
             **{f"stage2_{k}": v for k, v in percentiles(stage2, (50, 95)).items()},
             **{f"total_{k}": v for k, v in percentiles(total, (50, 95)).items()},
@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--skip-smacof", action="store_true")
     parser.add_argument("--index-set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="IndexConfig fields, e.g. segment_seconds=3600 ivf_lists=4096 (default: the defaults)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="RetrievalConfig fields, e.g. shortlist=700 (default: the defaults)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     configure_faiss()  # process-wide FAISS settings, as the worker applies them
@@ -116,7 +118,8 @@ def main() -> None:
             if kind == "flat" and size * args.features > 8_000_000:
                 continue  # exact search at this size needs more memory than the machine has to spare
             bench_index(size, args.queries, args.features, kind,
-                        index_options=field_overrides(IndexConfig, args.index_set))
+                        index_options=field_overrides(IndexConfig, args.index_set),
+                        config=RetrievalConfig().replace(**field_overrides(RetrievalConfig, args.set)))
 
 
 if __name__ == "__main__":

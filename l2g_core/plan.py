@@ -11,7 +11,7 @@ mode               stage 1 shortlist                          stage 2
 ``global``         global  ``k``                              none (global cosine order)
 ``global_to_local`` global ``max(k, g2l_shortlist)``          RANSAC inliers of every candidate
 ``local``          local   ``k``                              none (kernel Chamfer order)
-``l2g``            local   ``max(k, shortlist)``              MDS + global fusion of the first ``rerank_k``
+``l2g``            local   ``max(k, shortlist, rerank_k)``    MDS + global fusion of the first ``rerank_k``
                            + global top ``global_shortlist``  and of the global top ``global_shortlist``
 =================  ======  =================================  ==========================================
 """
@@ -116,8 +116,8 @@ class SearchPlan:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ConfigError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
         if mode == "l2g":
-            shortlist = max(k, config.shortlist)
-            sent = min(max(k, config.rerank_k), shortlist)
+            shortlist = max(k, config.shortlist, config.rerank_k)  # the list always holds the re-ranked head
+            sent = max(k, config.rerank_k)
             transport = Transport(sent, config.rerank_k, config.graph_features, False, config.graph_features)
             return cls("l2g", k, "local", shortlist, "l2g", transport, joined=config.global_shortlist)
         if mode == "global_to_local":

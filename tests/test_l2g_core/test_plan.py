@@ -37,7 +37,7 @@ def test_plan_keeps_what_each_stage_needs(mode: str, k: int, shortlist: int, sta
     assert (plan.mode, plan.k, plan.shortlist, plan.stage1, plan.rerank) == (mode, k, shortlist, stage, rerank)
     assert plan.transport.candidates <= plan.shortlist
     if mode == "l2g":  # stage 2 sees the first rerank_k with graph_features descriptors; no keypoints
-        assert plan.transport.candidates == max(k, CFG.rerank_k) if k < CFG.shortlist else k
+        assert plan.transport.candidates == max(k, CFG.rerank_k)
         assert (plan.transport.described, plan.transport.descriptors) == (CFG.rerank_k, CFG.graph_features)
         assert not plan.transport.keypoints and plan.transport.query_features == CFG.graph_features
     elif mode == "global_to_local":  # RANSAC of every candidate: all descriptors and keypoints, all query features
@@ -83,6 +83,30 @@ def test_search_over_split_indexes_equals_one_index(mode: str) -> None:
         lists = [stage1(index, prepared, plan, CFG) for index in parts]
         ranking = stage2(prepared, merge_candidates(lists, plan, prepared), plan, CFG)
         assert [h.key for h in ranking.hits] == [h.key for h in one.hits]
+
+
+def test_the_l2g_list_always_holds_the_reranked_head() -> None:
+    plan = SearchPlan.build("l2g", 5, CFG.replace(shortlist=20, rerank_k=60))
+    assert plan.shortlist == 60 and plan.transport.candidates == 60
+
+
+@pytest.mark.parametrize("k", [5, 40, 70, 200])
+def test_a_longer_l2g_shortlist_changes_no_answer(k: int) -> None:
+    """Only the first ``rerank_k`` are re-ranked and the rest keep their stage-1 order, so the list length past
+    ``max(k, rerank_k)`` changes nothing (why the default went from 700 to 100), split over indexes or not."""
+    video = make_synthetic_video(num_frames=240, num_scenes=12, num_cameras=3, features_per_frame=48, local_dim=32,
+                                 global_dim=16, num_queries=4, noise=0.5, global_noise=0.8, seed=5)
+    config = IndexConfig(local_dim=32, global_dim=16, retention_seconds=None, bucket_seconds=10.0)
+    parts = [RollingIndex(config) for _ in range(3)]
+    for key, feat in zip(video.keys, video.features, strict=True):
+        parts[int(key.camera_id.split("-")[1])].add([key], [feat])
+    short, long_ = CFG.replace(shortlist=CFG.rerank_k, global_shortlist=10), CFG.replace(shortlist=230,
+                                                                                        global_shortlist=10)
+    for query in video.queries:
+        a = search(parts, query, SearchPlan.build("l2g", k, short), short)
+        b = search(parts, query, SearchPlan.build("l2g", k, long_), long_)
+        assert len(a.hits) == min(k, len(video.keys))
+        assert [(h.key, h.score) for h in a.hits] == [(h.key, h.score) for h in b.hits]
 
 
 def test_search_needs_an_index_and_an_ordered_time_range() -> None:
