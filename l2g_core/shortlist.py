@@ -100,7 +100,8 @@ def _collect(
                 scored.append(scores[idx].astype(np.float32))
                 if tail is not None:
                     inside = np.flatnonzero(mask)
-                    cosine = global_cosine(shard.globals[inside], tail[0])
+                    glob = shard.globals if inside.size == len(shard) else shard.globals[inside]  # (no copy)
+                    cosine = global_cosine(glob, tail[0])
                     keep = _top(cosine, tail[1])
                     joined.append((searched, inside[keep], cosine[keep], scores[inside[keep]].astype(np.float32)))
                 order.append(shard)
