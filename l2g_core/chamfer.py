@@ -80,7 +80,7 @@ def exact_chamfer(query: FloatArray, frames: list[FloatArray], *, tau: float = 0
     return out
 
 
-def pairwise_chamfer(sets: list[torch.Tensor], *, tau: float, alpha: float, block_sets: int = 8) -> torch.Tensor:
+def pairwise_chamfer(sets: list[torch.Tensor], *, tau: float, alpha: float, block_sets: int = 32) -> torch.Tensor:
     """Dense asymmetric Chamfer similarity between every pair of feature sets.
 
     Sets are zero-padded to a common size: a padding vector has similarity 0 to everything, and the kernel
@@ -92,7 +92,9 @@ def pairwise_chamfer(sets: list[torch.Tensor], *, tau: float, alpha: float, bloc
         sets: ``m`` tensors ``(n_i, D)`` of unit descriptors on one device (float32 or float16).
         tau, alpha: kernel parameters.
         block_sets: sets on the left of each product (a ``(block_sets * n_max, m * n_max)`` float32 block at
-            most: 20 MB for 151 sets of 64 features; 8 measured fastest on 2 cores, 271 ms against 362 ms with 32).
+            most: 79 MB for 151 sets of 64 features). Smaller blocks are a little faster on an idle CPU (151 sets,
+            2 cores: 8 / 32 sets 269 / 258-349 ms) but each block is a dozen multi-threaded ops, and on a CPU that
+            another process keeps busy 8 took 2003 ms against 1143 with 32 (the full product before: 1066).
 
     Returns:
         ``(m, m)`` float32 tensor ``S[i, j] = S(set_i, set_j)`` (rows of empty sets are 0).
