@@ -153,6 +153,9 @@ class RetrievalConfig:
             normalised over the re-ranked head) gains ``temporal_weight`` times the best normalised score of another
             candidate of the same camera within ``temporal_window_s`` seconds. What a camera shows for a moment is
             visible in the frames around it; a lone frame is weaker evidence. ``temporal_weight=0`` turns it off.
+        camera_weight: camera evidence after the fusion: a candidate also gains ``camera_weight`` times the best
+            normalised score of another candidate of its camera at any time, so the frames of the camera the
+            evidence points to are ranked together (``0`` turns it off).
 
     Baselines:
         g2l_shortlist: global top-N re-ranked by RANSAC inliers in ``global_to_local`` mode.
@@ -184,6 +187,7 @@ class RetrievalConfig:
     query_row_stage1: float = 0.5
     temporal_window_s: float = 2.0
     temporal_weight: float = 0.5
+    camera_weight: float = 0.0
     g2l_shortlist: int = 100
     ransac_threshold: float = 8.0
     match_threshold: float = 0.8
@@ -207,6 +211,8 @@ class RetrievalConfig:
                  f"temporal_window_s must be >= 0, got {self.temporal_window_s}")
         _require(math.isfinite(self.temporal_weight) and self.temporal_weight >= 0.0,
                  f"temporal_weight must be >= 0, got {self.temporal_weight}")
+        _require(math.isfinite(self.camera_weight) and self.camera_weight >= 0.0,
+                 f"camera_weight must be >= 0, got {self.camera_weight}")
         _require(-1.0 <= self.match_threshold <= 1.0, "match_threshold must be a cosine in [-1, 1]")
         _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
 

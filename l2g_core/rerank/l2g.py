@@ -182,7 +182,7 @@ def l2g_rerank(
         scores = superglobal_scores(fused[0], fused[1:], k=config.sg_k, beta=config.sg_beta)
     t3 = stage_clock(device)
     final = temporal_support(candidates.keys, scores.cpu().numpy(), window_s=config.temporal_window_s,
-                             weight=config.temporal_weight)
+                             weight=config.temporal_weight, camera_weight=config.camera_weight)
     t4 = stage_clock(device)
     timings = {"graph": (t1 - t0) * 1e3, "mds": (t2 - t1) * 1e3, "superglobal": (t3 - t2) * 1e3,
                "temporal": (t4 - t3) * 1e3}

@@ -41,3 +41,17 @@ def test_weight_zero_keeps_the_order_and_edge_cases() -> None:
         temporal_support(keys, np.zeros(3, np.float32), window_s=1, weight=1)
     with pytest.raises(ConfigError):
         temporal_support(keys, scores, window_s=-1, weight=1)
+
+
+def test_camera_evidence_ranks_the_best_cameras_frames_before_a_chance_match_elsewhere() -> None:
+    """a@0 is the best match; a@60 (a minute later, outside the window) gains from it and overtakes b@5, a lone frame
+    of another camera that scored a little higher."""
+    keys = _keys([("a", 0.0), ("b", 5.0), ("a", 60.0), ("c", 9.0)])
+    scores = np.array([1.0, 0.6, 0.5, 0.0], np.float32)
+    plain = temporal_support(keys, scores, window_s=2.0, weight=0.5)
+    out = temporal_support(keys, scores, window_s=2.0, weight=0.5, camera_weight=0.25)
+    assert list(np.argsort(-plain)) == [0, 1, 2, 3]
+    assert list(np.argsort(-out)) == [0, 2, 1, 3]
+    np.testing.assert_allclose(out, [1.0 + 0.25 * 0.5, 0.6, 0.5 + 0.25 * 1.0, 0.0], rtol=1e-6)
+    with pytest.raises(ConfigError):
+        temporal_support(keys, scores, window_s=1, weight=1, camera_weight=-0.1)
