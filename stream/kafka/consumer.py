@@ -423,8 +423,7 @@ class KafkaSource:
             BrokerError: the broker refused the commit for another reason.
         """
         owned = self.assignment()
-        stale = {p.topic for p in offsets if self._ids.recorded(p.topic) is not None
-                 and (self._topic_id(p.topic) is None or self._id_changed(p.topic))}
+        stale = {t for t in {p.topic for p in offsets} if self._ids.gone(t, self._topic_id(t))}
         if stale:  # offsets of a log that no longer exists would make the new one skip its first records
             LOG.warning("not committing offsets of %s: the topic was deleted or recreated since they were read",
                         ", ".join(sorted(stale)))

@@ -65,3 +65,8 @@ class TopicIds:
         before = self._recorded.get(topic)
         now = self.newest(topic, meta)
         return before is not None and now is not None and now != before
+
+    def gone(self, topic: str, meta: str | None) -> bool:
+        """Whether the recorded log of ``topic`` is missing from the metadata or replaced by a newer one: offsets
+        read from it must not be committed (they would make the new log skip its first records)."""
+        return self._recorded.get(topic) is not None and (meta is None or self.changed(topic, meta))

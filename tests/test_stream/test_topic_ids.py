@@ -54,3 +54,14 @@ def test_announcements_are_per_topic() -> None:
     ids.record("cam.candidates", "x")
     ids.announce({"cam.candidates": "y"})
     assert not ids.changed(T, "a") and ids.changed("cam.candidates", "x")
+
+
+def test_a_log_is_gone_when_the_topic_is_missing_or_replaced() -> None:
+    ids = TopicIds()
+    assert not ids.gone(T, None)  # nothing recorded: nothing to protect
+    ids.record(T, "a")
+    assert not ids.gone(T, "a")
+    assert ids.gone(T, None)  # the metadata lost the topic
+    assert ids.gone(T, "b")  # another log now
+    ids.announce({T: "c"})
+    assert ids.gone(T, "a")  # announced, the metadata not caught up yet
