@@ -61,7 +61,8 @@ from l2g_core.evaluation import group_ground_truth, load_groups, mean_average_pr
 from l2g_core.geometry import mutual_matches, ransac_inliers
 from l2g_core.index.backend import configure_faiss
 
-DEFAULT_EXTRACTORS = ("xfeat", "xfeat-fast", "efficientnet-gem", "rootsift", "xfeat:global_from=efficientnet")
+DEFAULT_EXTRACTORS = ("xfeat", "xfeat-fast", "xfeat-effnet-320", "efficientnet-gem", "rootsift",
+                      "xfeat:global_from=efficientnet")
 ALIKED_WEIGHTS = SHARED_DATA / "weights" / "aliked-n16.pth"  # added to the defaults when present
 SIZES = ((360, 640), (720, 1280))
 

@@ -35,6 +35,7 @@ from l2g_core.index.backend import configure_faiss
 from l2g_core.segments import default_gap, segment_hits
 from l2g_core.statistics import bootstrap_mean, paired_difference
 from l2g_core.types import Hit
+from plugins.presets import DEFAULT_EXTRACTOR
 
 METRICS = ("mAP", "clip_mAP", "segment_AP", "P@1")
 
@@ -174,7 +175,7 @@ def evaluate(collection: Collection, extractor_name: str, config: RetrievalConfi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--extractor", default="xfeat")
+    parser.add_argument("--extractor", default=DEFAULT_EXTRACTOR)
     parser.add_argument("--datasets", nargs="+", default=["landmarks", "landmarks+video", "video"],
                         choices=["landmarks", "landmarks+video", "video"])
     parser.add_argument("--data", type=Path, default=SHARED_DATA)

@@ -8,10 +8,11 @@ entry-point group.
 from plugins.base import Extractor, RGBBatch, resolve_device, validate_batch
 from plugins.errors import ExtractorInputError, PluginError, UnknownExtractorError, WeightsError
 from plugins.options import ExtractorOptions
-from plugins.presets import PRESETS, Preset
+from plugins.presets import DEFAULT_EXTRACTOR, PRESETS, Preset
 from plugins.registry import ENTRY_POINT_GROUP, available, extractor_class, get_extractor, register
 
 __all__ = [
+    "DEFAULT_EXTRACTOR",
     "ENTRY_POINT_GROUP",
     "PRESETS",
     "Extractor",

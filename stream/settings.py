@@ -28,6 +28,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from l2g_core import L2GError, Mode, RetrievalConfig
+from plugins.presets import DEFAULT_EXTRACTOR
 from stream.errors import ConfigurationError
 from stream.redact import redact_secrets
 
@@ -274,11 +275,12 @@ class ExtractorSettings(_Group):
     """Which feature extractor runs (``plugins.get_extractor(name, **options)``).
 
     Attributes:
-        name: registry name (``xfeat``, ``rootsift``, ``efficientnet-gem``, ``toy``).
-        options: extractor options.
+        name: registry name or preset (``l2g-stream extractors`` lists them); default
+            :data:`plugins.presets.DEFAULT_EXTRACTOR` (XFeat locals, EfficientNet-Lite0 global at 320 px).
+        options: extractor options (override the preset's).
     """
 
-    name: str = "xfeat"
+    name: str = DEFAULT_EXTRACTOR
     options: dict[str, Any] = Field(default_factory=dict)
 
 
