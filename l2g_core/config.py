@@ -111,7 +111,10 @@ class RetrievalConfig:
     Stage 1 (local search, CANN-style Chamfer):
         neighbors: nearest indexed features retrieved per query feature and search unit (a segment of a
             compressed index, see ``IndexConfig.segment_seconds``, or a flat shard).
-        query_features: strongest query features used.
+        query_features: strongest query features that rank (stage 1, and the RANSAC and L2G re-rankers; the
+            geometric proof of an answer uses up to ``plan.VERIFY_QUERY_FEATURES``). 128 measured best on the video
+            bench's tune split (1024 / 512 / 256 / 128 / 64: l2g mAP 58.5 / 59.6 / 59.8 / 60.1 / 59.8), and
+            stage 1's cost is linear in it (docs/benchmarks.md).
         kernel_tau, kernel_alpha: per-match similarity kernel
             ``k(s) = max(0, (s - tau) / (1 - tau)) ** alpha``; tau=0, alpha=1 is plain Chamfer.
         shortlist: stage-1 candidates of ``l2g`` kept per index and after the merge (at least ``k`` and
@@ -167,7 +170,7 @@ class RetrievalConfig:
     """
 
     neighbors: int = 64
-    query_features: int = 1024
+    query_features: int = 128
     kernel_tau: float = 0.0
     kernel_alpha: float = 3.0
     shortlist: int = 100

@@ -137,8 +137,9 @@ def stage2(query: PreparedQuery, cands: Candidates, plan: SearchPlan, config: Re
         order = np.arange(min(k, n))
         hits = _hits(cands, order, cands.scores, cands.stage, query)
     elif plan.rerank == "ransac":
+        ranked = query.for_ranking(config)
         inliers = np.array([
-            ransac_inliers(query.descriptors, query.keypoints, d, kp,
+            ransac_inliers(ranked.descriptors, ranked.keypoints, d, kp,
                            min_similarity=config.match_threshold, threshold=config.ransac_threshold)
             for d, kp in zip(cands.descriptors, cands.keypoints, strict=True)
         ], dtype=np.float32)
@@ -148,7 +149,7 @@ def stage2(query: PreparedQuery, cands: Candidates, plan: SearchPlan, config: Re
         hits = _hits(cands, order, final, plan.mode, query, {"inliers": inliers})
     else:
         head, rest = _l2g_head(cands, config.rerank_k)
-        out = l2g_rerank(query.descriptors, query.global_descriptor, cands.take(head), config)
+        out = l2g_rerank(query.for_ranking(config).descriptors, query.global_descriptor, cands.take(head), config)
         timings.update(out.timings_ms)
         # re-ranked head first; the rest keeps its stage-1 order (and its stage-1 score) below it
         order = np.concatenate([np.argsort(-out.scores, kind="stable"), head.size + np.arange(rest.size)])[:k]

@@ -262,6 +262,6 @@ def stage1(
     if plan.stage1 == "global":
         return global_candidates(index, query.global_descriptor, limit=plan.shortlist, cameras=cameras,
                                  time_range=time_range, deadline=deadline)
-    return local_candidates(index, query.descriptors, config, limit=plan.shortlist, cameras=cameras,
-                            time_range=time_range, deadline=deadline, joined=plan.joined,
+    return local_candidates(index, query.for_ranking(config).descriptors, config, limit=plan.shortlist,
+                            cameras=cameras, time_range=time_range, deadline=deadline, joined=plan.joined,
                             query_global=query.global_descriptor)

@@ -95,6 +95,30 @@ def test_candidates_merge_is_independent_of_sharding(setup) -> None:
     np.testing.assert_allclose(merged.scores, whole.scores)
 
 
+@pytest.mark.parametrize("mode", ["local", "l2g", "global_to_local"])
+def test_only_the_strongest_query_features_rank_and_the_proof_keeps_more(setup, mode: str) -> None:
+    """``query_features`` cuts what ranks (stage 1 and the re-rankers); the prepared query keeps up to
+    ``VERIFY_QUERY_FEATURES`` for the geometric proof of the answer."""
+    from l2g_core import prepare_query
+    from l2g_core.plan import VERIFY_QUERY_FEATURES
+
+    retriever, video = setup
+    query = video.queries[3]
+    assert query.num_features > 8
+    config = retriever.config.replace(query_features=8)
+    prepared = prepare_query(query, config, 32, 16)
+    assert prepared.descriptors.shape[0] == min(query.num_features, VERIFY_QUERY_FEATURES) > 8
+    assert prepared.for_ranking(config).descriptors.shape[0] == 8
+    np.testing.assert_array_equal(prepared.for_ranking(config).descriptors, prepared.descriptors[:8])
+    cut = Retriever(retriever.index, config).search(query, mode=mode, k=10)
+    strongest = Retriever(retriever.index, config).search(query.top(8), mode=mode, k=10)
+    everything = Retriever(retriever.index, retriever.config.replace(query_features=1024)).search(query, mode=mode,
+                                                                                                  k=10)
+    assert [h.key for h in cut.hits] == [h.key for h in strongest.hits]
+    np.testing.assert_allclose([h.score for h in cut.hits], [h.score for h in strongest.hits], rtol=1e-5)
+    assert [h.score for h in cut.hits] != [h.score for h in everything.hits]  # the cut did change the ranking
+
+
 def _superglobal_reference(q: np.ndarray, d: np.ndarray, k: int, beta: float) -> np.ndarray:
     m = d.shape[0]
     refined = np.zeros_like(d)
