@@ -10,8 +10,8 @@
    and an excerpt of ``/metrics``;
 6. fetch the matched frames back from Kafka and write the answer's contact sheet (``--sheet``; path printed).
 
-The default extractor is the settings' (``xfeat-effnet-320``); when it cannot be loaded, or would not index the sample within
-the time budget on this machine, the demo says so and uses a faster one.
+The default extractor is the settings' (``xfeat-effnet-320``); when it cannot be loaded, or would not index the sample
+within the time budget on this machine, the demo says so and uses a faster one.
 """
 
 from __future__ import annotations
