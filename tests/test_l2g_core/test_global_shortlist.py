@@ -110,3 +110,37 @@ def test_global_cosine_of_a_frame_does_not_depend_on_the_other_rows() -> None:
     whole = global_cosine(g, q)
     for rows in (slice(3, 4), slice(0, 17), slice(100, 257), [250, 7, 64]):
         np.testing.assert_array_equal(global_cosine(g[rows], q), whole[rows])
+
+
+def test_tied_cosines_at_the_cut_are_broken_by_frame_key(video: SyntheticVideo) -> None:
+    """Twelve frames over several shards share the query's global descriptor: the tail keeps the ten smallest keys
+    of them, whatever order the shards were searched in."""
+    q = prepare_query(video.queries[1], CONFIG, 32, 16)
+    template = video.features[0]
+    twins = [(FrameKey("cam-twin", 1000.0 + 7.0 * i, 500 + (i * 5) % 12),
+              FrameFeatures(template.descriptors, template.keypoints, template.scores, q.global_descriptor))
+             for i in range(12)]
+    index = _index(video, twins)
+    assert len({index.segment(s) or s.id for s in index.shards() if s.id.camera_id == "cam-twin"}) > 1
+    cands = stage1(index, q, SearchPlan.build("l2g", 10, CONFIG), CONFIG)
+    assert cands.tail().keys == sorted(k for k, _ in twins)[:10]
+
+
+def test_a_frame_picked_twice_is_joined_once() -> None:
+    """The tail's fast path orders only the best cosines; when repeated frames leave too few distinct ones among
+    them it orders every pick (here one shard's picks come twice, as from two parts of a rebalance)."""
+    from l2g_core.shortlist import _tail
+
+    video = make_synthetic_video(num_frames=20, num_scenes=4, features_per_frame=16, local_dim=32, global_dim=16,
+                                 num_queries=1, seed=5)
+    index = RollingIndex(IndexConfig(local_dim=32, global_dim=16, retention_seconds=None, bucket_seconds=3600.0))
+    index.add(video.keys, video.features)
+    shard = max(index.shards(), key=len)
+    assert len(shard) > 5
+    frames = np.arange(len(shard))
+    cosine = global_cosine(shard.globals, video.queries[0].global_descriptor)
+    scores = np.linspace(0, 1, len(shard)).astype(np.float32)
+    tail = _tail([shard, shard], [(0, frames, cosine, scores), (1, frames, cosine, scores)], 5, 16, "local")
+    expected = sorted(range(len(shard)), key=lambda i: (-float(cosine[i]), shard.keys[i]))[:5]
+    assert tail.keys == [shard.keys[i] for i in expected]
+    np.testing.assert_array_equal(tail.scores, scores[expected])
