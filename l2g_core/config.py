@@ -129,8 +129,9 @@ class RetrievalConfig:
             misses a query whose view is textureless in local-feature terms: its camera never enters the local
             shortlist, while the global descriptor finds it (video, EfficientNet global: same-clip mAP 75.5 ->
             90.0, segment AP 89.1 -> 97.3; docs/benchmarks.md, issue 12). ``0``: the local shortlist alone.
-        graph_features: strongest local features per item used for the candidate similarity graph
-            (cost grows with its square).
+        graph_features: strongest local features per item for the query's row and column of the similarity graph.
+        graph_pair_features: strongest local features per candidate for the candidate-candidate pairs of the
+            graph (at most ``graph_features``; stage 2's cost grows with its square).
         graph_neighbors: per candidate, how many strongest similarities are kept in the sparse
             dissimilarity matrix; the rest are unknown (dissimilarity 1). ``0`` keeps the dense matrix.
         dissimilarity_power: optional power on dissimilarities before MDS (1 = none).
@@ -177,6 +178,7 @@ class RetrievalConfig:
     rerank_k: int = 100
     global_shortlist: int = 50
     graph_features: int = 64
+    graph_pair_features: int = 64
     graph_neighbors: int = 20
     dissimilarity_power: float = 1.0
     mds_dim: int = 32
@@ -199,9 +201,8 @@ class RetrievalConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "neighbors", "query_features", "kernel_alpha", "shortlist", "rerank_k", "graph_features",
-                  "dissimilarity_power", "mds_dim", "mds_iterations", "mds_eps", "mds_query_weight", "sg_k",
-                  "g2l_shortlist",
-                  "ransac_threshold")
+                  "graph_pair_features", "dissimilarity_power", "mds_dim", "mds_iterations", "mds_eps",
+                  "mds_query_weight", "sg_k", "g2l_shortlist", "ransac_threshold")
         _require(0.0 <= self.kernel_tau < 1.0, f"kernel_tau must be in [0, 1), got {self.kernel_tau}")
         _require(0.0 <= self.fusion_weight <= 1.0, f"fusion_weight must be in [0, 1], got {self.fusion_weight}")
         _require(self.fusion_side in ("mds", "global"), f"unknown fusion_side {self.fusion_side!r}")

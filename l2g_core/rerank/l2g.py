@@ -130,6 +130,35 @@ def _with_stage1_query_row(sim: torch.Tensor, stage1: FloatArray, weight: float)
     return out
 
 
+def graph_similarity(query_descriptors: FloatArray, descriptors: list[np.ndarray], config: RetrievalConfig,
+                     device: torch.device) -> torch.Tensor:
+    """Symmetrised Chamfer similarities of the query and the candidates: ``(m + 1, m + 1)`` float32, item 0 the query.
+
+    The query's row and column use the strongest ``config.graph_features`` descriptors of each side, every
+    candidate-candidate pair the strongest ``config.graph_pair_features`` (they only pick each candidate's
+    ``graph_neighbors`` links, and cost the square of the features per set).
+
+    Args:
+        query_descriptors: ``(Q, D)`` float32 unit descriptors (the strongest first).
+        descriptors: per candidate ``(n_i, D)`` float16 or float32 unit descriptors (the strongest first).
+        config: ``graph_features``, ``graph_pair_features``, kernel.
+        device: where to compute.
+    """
+    n = config.graph_features
+    pair = min(config.graph_pair_features, n)
+
+    def sets(count: int) -> list[torch.Tensor]:
+        out = [torch.from_numpy(np.ascontiguousarray(query_descriptors[:count], dtype=np.float32)).to(device)]
+        return out + [torch.from_numpy(d[:count].astype(np.float32)).to(device) for d in descriptors]
+
+    sim = pairwise_chamfer(sets(pair), tau=config.kernel_tau, alpha=config.kernel_alpha)
+    if pair < n:
+        row = pairwise_chamfer(sets(n), tau=config.kernel_tau, alpha=config.kernel_alpha, head=1)
+        sim[0, :] = row[0, :]
+        sim[:, 0] = row[:, 0]
+    return 0.5 * (sim + sim.T)
+
+
 def l2g_rerank(
     query_descriptors: FloatArray,
     query_global: FloatArray,
@@ -154,11 +183,7 @@ def l2g_rerank(
     device = resolve_device(config.device)
     timings: dict[str, float] = {}
     t0 = stage_clock(device)
-    n = config.graph_features  # descriptors are stored strongest first
-    sets = [torch.from_numpy(np.ascontiguousarray(query_descriptors[:n])).to(device)]
-    sets += [torch.from_numpy(d[:n].astype(np.float32)).to(device) for d in candidates.descriptors]
-    sim = pairwise_chamfer(sets, tau=config.kernel_tau, alpha=config.kernel_alpha)
-    sim = 0.5 * (sim + sim.T)
+    sim = graph_similarity(query_descriptors, candidates.descriptors, config, device)
     if config.query_row_stage1 > 0:
         sim = _with_stage1_query_row(sim, candidates.scores, config.query_row_stage1)
     sim.fill_diagonal_(1.0)

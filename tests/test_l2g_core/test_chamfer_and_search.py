@@ -61,6 +61,41 @@ def test_pairwise_chamfer_matches_exact(block_sets: int) -> None:
     assert np.allclose(np.delete(np.diag(got), 5), 1.0, atol=1e-5) and not got[5].any() and not got[:, 5].any()
 
 
+@pytest.mark.parametrize("head", [1, 3])
+def test_pairwise_chamfer_head_computes_only_the_first_rows_and_columns(head: int) -> None:
+    rng = np.random.default_rng(12)
+    sets = _random_sets(rng, 8)
+    full = pairwise_chamfer([torch.from_numpy(s) for s in sets], tau=0.1, alpha=2.0).numpy()
+    got = pairwise_chamfer([torch.from_numpy(s) for s in sets], tau=0.1, alpha=2.0, head=head).numpy()
+    np.testing.assert_allclose(got[:head], full[:head], atol=1e-6)
+    np.testing.assert_allclose(got[:, :head], full[:, :head], atol=1e-6)
+    assert not got[head:, head:].any() and full[head:, head:].all()
+
+
+def test_graph_pairs_use_fewer_features_than_the_query_row() -> None:
+    """``graph_pair_features`` < ``graph_features``: the query's row and column as with every feature, every
+    candidate pair as with the fewer strongest."""
+    from l2g_core.rerank.l2g import graph_similarity
+
+    rng = np.random.default_rng(13)
+    query, *cands = _random_sets(rng, 7)
+    config = RetrievalConfig(graph_features=12, graph_pair_features=5)
+    got = graph_similarity(query, cands, config, torch.device("cpu")).numpy()
+
+    def symmetric(count: int) -> np.ndarray:
+        sets = [query[:count]] + [c[:count] for c in cands]
+        m = np.stack([exact_chamfer(s, sets, tau=config.kernel_tau, alpha=config.kernel_alpha) for s in sets])
+        return 0.5 * (m + m.T)
+
+    wide, narrow = symmetric(12), symmetric(5)
+    np.testing.assert_allclose(got[0], wide[0], atol=1e-5)
+    np.testing.assert_allclose(got[:, 0], wide[:, 0], atol=1e-5)
+    np.testing.assert_allclose(got[1:, 1:], narrow[1:, 1:], atol=1e-5)
+    assert not np.allclose(wide[1:, 1:], narrow[1:, 1:], atol=1e-3)  # the two really differ
+    same = graph_similarity(query, cands, config.replace(graph_pair_features=12), torch.device("cpu")).numpy()
+    np.testing.assert_allclose(same, wide, atol=1e-5)
+
+
 def test_empty_query_scores_nothing() -> None:
     index = RollingIndex(IndexConfig(local_dim=8, global_dim=4, retention_seconds=None))
     feat = FrameFeatures.create(np.eye(8, dtype=np.float32), np.zeros((8, 2)), np.ones(8), np.ones(4))
