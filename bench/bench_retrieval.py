@@ -167,9 +167,11 @@ def evaluate(collection: Collection, extractor_name: str, config: RetrievalConfi
             emit({"bench": "retrieval", "dataset": collection.name, "queries_set": name, "extractor": extractor_name,
                   "mode": mode, "db_frames": len(db), "queries": int(mask.sum()),
                   "index": dict(index_options or {}), **row,
-                  "config": {f: getattr(config, f) for f in ("shortlist", "rerank_k", "global_shortlist",
-                                                             "fusion_weight", "graph_neighbors", "mds_query_weight",
-                                                             "mds_score", "query_row_stage1", "temporal_weight")},
+                  "config": {f: getattr(config, f) for f in ("query_features", "shortlist", "rerank_k",
+                                                             "global_shortlist", "fusion_weight", "graph_features",
+                                                             "graph_pair_features", "graph_neighbors",
+                                                             "mds_query_weight", "mds_score", "query_row_stage1",
+                                                             "temporal_weight")},
                   **extra(), **machine()})
 
 
