@@ -131,7 +131,9 @@ class RetrievalConfig:
             90.0, segment AP 89.1 -> 97.3; docs/benchmarks.md, issue 12). ``0``: the local shortlist alone.
         graph_features: strongest local features per item for the query's row and column of the similarity graph.
         graph_pair_features: strongest local features per candidate for the candidate-candidate pairs of the
-            graph (at most ``graph_features``; stage 2's cost grows with its square).
+            graph (at most ``graph_features``; stage 2's cost grows with its square). With the query's row weighted
+            by ``mds_query_weight`` those pairs barely move the ranking: 64 / 32 / 16 gave l2g mAP 60.1 / 60.2 /
+            60.2 on the video bench's tune split at p50 354 / 271 / 194 ms (docs/benchmarks.md).
         graph_neighbors: per candidate, how many strongest similarities are kept in the sparse
             dissimilarity matrix; the rest are unknown (dissimilarity 1). ``0`` keeps the dense matrix.
         dissimilarity_power: optional power on dissimilarities before MDS (1 = none).
@@ -178,7 +180,7 @@ class RetrievalConfig:
     rerank_k: int = 100
     global_shortlist: int = 50
     graph_features: int = 64
-    graph_pair_features: int = 64
+    graph_pair_features: int = 16
     graph_neighbors: int = 20
     dissimilarity_power: float = 1.0
     mds_dim: int = 32
