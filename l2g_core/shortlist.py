@@ -20,7 +20,7 @@ from l2g_core.index.segment import BUCKET_SHIFT, CoarseAssignment, Segment
 from l2g_core.index.shard import Shard
 from l2g_core.plan import SearchPlan, Stage
 from l2g_core.prepared import PreparedQuery
-from l2g_core.types import FloatArray, FrameKey
+from l2g_core.types import FloatArray
 
 __all__ = ["global_candidates", "local_candidates", "stage1"]
 
@@ -156,17 +156,16 @@ def _tail(order: list[Shard], joined: list[tuple[int, np.ndarray, FloatArray, Fl
     cosine = np.concatenate([c for _, _, c, _ in joined])
     scores = np.concatenate([s for _, _, _, s in joined])
 
-    def keys_at(positions: np.ndarray) -> list[FrameKey]:
-        return [order[o].keys[f] for o, f in zip(owner[positions].tolist(), frame[positions].tolist(), strict=True)]
+    def picks_at(positions: np.ndarray) -> list[tuple[Shard, int]]:
+        return [(order[o], f) for o, f in zip(owner[positions].tolist(), frame[positions].tolist(), strict=True)]
 
     pool = _top(cosine, limit)
-    keys = keys_at(pool)
-    if pool.size < cosine.size and len({k.dedup_key for k in keys}) < limit:
+    picks = picks_at(pool)
+    if pool.size < cosine.size and len({shard.keys[f].dedup_key for shard, f in picks}) < limit:
         pool = np.arange(cosine.size)
-        keys = keys_at(pool)
-    best = pool[Candidates.best_positions(keys, cosine[pool], limit)]
-    picked = [(order[o], f) for o, f in zip(owner[best].tolist(), frame[best].tolist(), strict=True)]
-    return _gather(picked, scores[best], stage, global_dim)
+        picks = picks_at(pool)
+    best = Candidates.best_positions([shard.keys[f] for shard, f in picks], cosine[pool], limit)
+    return _gather([picks[i] for i in best], scores[pool[best]], stage, global_dim)
 
 
 def local_candidates(

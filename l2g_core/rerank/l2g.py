@@ -146,14 +146,11 @@ def graph_similarity(query_descriptors: FloatArray, descriptors: list[np.ndarray
     """
     n = config.graph_features
     pair = min(config.graph_pair_features, n)
-
-    def sets(count: int) -> list[torch.Tensor]:
-        out = [torch.from_numpy(np.ascontiguousarray(query_descriptors[:count], dtype=np.float32)).to(device)]
-        return out + [torch.from_numpy(d[:count].astype(np.float32)).to(device) for d in descriptors]
-
-    sim = pairwise_chamfer(sets(pair), tau=config.kernel_tau, alpha=config.kernel_alpha)
+    sets = [torch.from_numpy(np.ascontiguousarray(query_descriptors[:n], dtype=np.float32)).to(device)]
+    sets += [torch.from_numpy(d[:n].astype(np.float32)).to(device) for d in descriptors]
+    sim = pairwise_chamfer([s[:pair] for s in sets], tau=config.kernel_tau, alpha=config.kernel_alpha)
     if pair < n:
-        row = pairwise_chamfer(sets(n), tau=config.kernel_tau, alpha=config.kernel_alpha, head=1)
+        row = pairwise_chamfer(sets, tau=config.kernel_tau, alpha=config.kernel_alpha, head=1)
         sim[0, :] = row[0, :]
         sim[:, 0] = row[:, 0]
     return 0.5 * (sim + sim.T)
