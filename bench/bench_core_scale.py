@@ -1,7 +1,10 @@
 """Query latency of stage 1 + stage 2 at 10k and 100k indexed frames, and SMACOF time at k=700.
 
-Synthetic frames (seeded scene model, 64-D local descriptors, 256 per frame) stand in for extracted video
-frames, so the figures measure the index and the re-ranker, not an extractor.
+Synthetic frames (seeded scene model) stand in for extracted video frames, so the figures measure the index and
+the re-ranker, not an extractor. By default they have the shape of the default extractor's frames as the index
+keeps them: 64-D local descriptors, ``IndexConfig.max_features_per_frame`` of them, and a 1280-D global descriptor
+(``--features`` and ``--global-dim`` change it; the curves of docs/scaling.md before its sixth session used 256
+features and a 256-D global, with ``--index-set rerank_features=128``).
 
 Run: ``python -m bench.bench_core_scale [--sizes 10000 100000] [--queries 20]``; one JSON object per line.
 """
@@ -22,14 +25,18 @@ from l2g_core.index.backend import configure_faiss
 from l2g_core.rerank.l2g import query_weights
 from l2g_core.rerank.smacof import smacof
 
+DEFAULT_GLOBAL_DIM = 1280
+"""The default extractor's global descriptor (EfficientNet-Lite0 GeM, ``plugins.presets.DEFAULT_EXTRACTOR``)."""
+
 
 def bench_index(num_frames: int, num_queries: int, features: int, kind: str, seed: int = 0,
-                index_options: dict[str, Any] | None = None, config: RetrievalConfig | None = None) -> None:
+                index_options: dict[str, Any] | None = None, config: RetrievalConfig | None = None,
+                global_dim: int = DEFAULT_GLOBAL_DIM) -> None:
     model = SceneModel(num_scenes=max(50, num_frames // 50), features_per_frame=features, local_dim=64,
-                       global_dim=256, noise=0.5, global_noise=1.0, seed=seed)
-    options: dict[str, Any] = {"bucket_seconds": 600.0, "retention_seconds": None, "rerank_features": 128,
-                               **(index_options or {}), "index_kind": kind}
-    index = RollingIndex(IndexConfig(local_dim=64, global_dim=256, **options))
+                       global_dim=global_dim, noise=0.5, global_noise=1.0, seed=seed)
+    options: dict[str, Any] = {"bucket_seconds": 600.0, "retention_seconds": None, **(index_options or {}),
+                               "index_kind": kind}
+    index = RollingIndex(IndexConfig(local_dim=64, global_dim=global_dim, **options))
     t0 = time.perf_counter()
     sample: list[FrameFeatures] = []
     for keys, feats, _ in model.stream(num_frames, batch=2000, num_cameras=8, fps=5.0, start_time=1.7e9):
@@ -51,7 +58,9 @@ def bench_index(num_frames: int, num_queries: int, features: int, kind: str, see
             stage2.append(res.timings_ms["stage2"] / 1e3)
             total.append(res.timings_ms["total"] / 1e3)
         emit({
-            "bench": "core_scale", "frames": num_frames, "features_per_frame": features, "mode": mode,
+            "bench": "core_scale", "frames": num_frames, "features_per_frame": features, "global_dim": global_dim,
+            "mode": mode, "rerank_features": index.config.rerank_features,
+            "max_features_per_frame": index.config.max_features_per_frame,
             "index_kind": stats.kind, "index_features": stats.features, "index_mb": round(stats.nbytes / 2**20, 1),
             "index_bytes_per_frame": round(stats.nbytes / max(stats.frames, 1)), "shards": stats.shards,
             "search_units": getattr(stats, "segments", 0) or stats.shards,
@@ -101,7 +110,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=20)
-    parser.add_argument("--features", type=int, default=256)
+    parser.add_argument("--features", type=int, default=IndexConfig.max_features_per_frame,
+                        help="local features per synthetic frame (default: as many as the index keeps)")
+    parser.add_argument("--global-dim", type=int, default=DEFAULT_GLOBAL_DIM,
+                        help="global descriptor dimension (default: the default extractor's)")
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivfpq"])
     parser.add_argument("--skip-smacof", action="store_true")
     parser.add_argument("--index-set", nargs="+", default=[], metavar="FIELD=VALUE",
@@ -119,7 +131,8 @@ def main() -> None:
                 continue  # exact search at this size needs more memory than the machine has to spare
             bench_index(size, args.queries, args.features, kind,
                         index_options=field_overrides(IndexConfig, args.index_set),
-                        config=RetrievalConfig().replace(**field_overrides(RetrievalConfig, args.set)))
+                        config=RetrievalConfig().replace(**field_overrides(RetrievalConfig, args.set)),
+                        global_dim=args.global_dim)
 
 
 if __name__ == "__main__":

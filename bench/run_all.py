@@ -27,6 +27,7 @@ BENCHES: tuple[tuple[str, str, list[str], list[str], bool], ...] = (
      ["--extractors", "xfeat", "rootsift", "--min-seconds", "1", "--min-batches", "1", "--batches", "1",
       "--sizes", "640x360", "--skip-correctness"], False),
     ("stream", "bench.bench_stream", [], ["--seconds", "10"], False),
+    ("scaleout", "bench.bench_scaleout", [], ["--partitions", "2", "--frames", "2500", "--queries", "5"], False),
     ("reliability", "bench.bench_reliability", [],
      ["--seconds", "15", "--memory-seconds", "30", "--retention", "15"], False),
 )

@@ -47,8 +47,12 @@ class IndexConfig:
         retention_seconds: frames older than their camera's ``newest event time - retention_seconds`` are
             evicted (each camera keeps its own window: no camera's clock evicts another's frames); ``None`` keeps
             everything.
-        max_features_per_frame: the strongest N local features of a frame are indexed.
-        rerank_features: the strongest features kept per frame for re-ranking and geometry.
+        max_features_per_frame: the strongest N local features of a frame are indexed (stage 1). 384 of XFeat's
+            1024 score as 512 did on the video bench (l2g mAP 61.6 vs 61.7, local 49.3 vs 49.7) for 5 kB less per
+            frame and a quarter fewer codes to scan; 256 lost 1.5 l2g mAP (docs/scaling.md, sixth session).
+        rerank_features: the strongest features kept per frame for re-ranking and geometry (stage 2 reads the
+            first ``RetrievalConfig.graph_features``; the geometric proof of an answer reads all of them: 64 instead
+            of 128 verified 69 % of correct top-10 matches instead of 81 %).
         rerank_dtype: how they are stored: ``int8`` (a float16 scale per descriptor, 66 bytes per 64-D
             descriptor; dequantised to float16 when a frame becomes a candidate) or ``float16`` (128 bytes).
         index_kind: ``flat`` (exact inner product), ``ivfpq`` (compressed), or ``auto`` (flat until
@@ -72,7 +76,7 @@ class IndexConfig:
     bucket_seconds: float = 60.0
     segment_seconds: float = 21600.0
     retention_seconds: float | None = 3600.0
-    max_features_per_frame: int = 512
+    max_features_per_frame: int = 384
     rerank_features: int = 128
     rerank_dtype: RerankDtype = "int8"
     index_kind: IndexKind = "auto"

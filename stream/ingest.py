@@ -52,6 +52,7 @@ from stream.messages import VideoChunk
 from stream.metrics import StreamMetrics
 from stream.ports import FeatureExtractor, MessageSource, Partition, Record
 from stream.refs import resolve_ref
+from stream.runtime import lower_thread_priority
 from stream.sampling import LoadShedder, keep_frame
 from stream.settings import Settings
 from stream.store import PartitionedIndex, SnapshotReport
@@ -93,6 +94,10 @@ class _Decoded:
 
 DECODE_AHEAD = 2
 """Chunks decoded ahead of extraction (each holds only its sampled frames)."""
+
+DECODE_NICE = 10
+"""Nice increment of the decode thread. Extraction runs torch on every core; a decode thread at the same priority
+takes a core from it in the middle of its parallel work, and every other torch thread then waits."""
 
 
 @dataclass
@@ -142,7 +147,9 @@ class IngestLoop:
         self._last_gauges = 0.0
         self._budget_s = self.cfg.poll_budget_fraction * settings.kafka.max_poll_interval_ms / 1000.0
         self._started = False
-        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="ingest-decode")
+        # at a lower priority: decode fills the gaps of extraction instead of slowing its threads down
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="ingest-decode", initializer=lower_thread_priority,
+                                           initargs=(DECODE_NICE,))
 
     def start(self) -> None:
         """Join the ingest group on the video topic (the assignment arrives with the first poll)."""

@@ -244,7 +244,7 @@ class IndexSettings(_Group):
 
     bucket_seconds: float = Field(60.0, gt=0.0)
     retention_seconds: float | None = Field(3600.0, gt=0.0, allow_inf_nan=False)
-    max_features_per_frame: int = Field(512, ge=1)
+    max_features_per_frame: int = Field(384, ge=1)
     index_kind: Literal["auto", "flat", "ivfpq"] = "auto"
     snapshot_dir: Path | None = None
     retrieval: dict[str, Any] = Field(default_factory=dict)
