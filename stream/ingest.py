@@ -52,7 +52,6 @@ from stream.messages import VideoChunk
 from stream.metrics import StreamMetrics
 from stream.ports import FeatureExtractor, MessageSource, Partition, Record
 from stream.refs import resolve_ref
-from stream.runtime import lower_thread_priority
 from stream.sampling import LoadShedder, keep_frame
 from stream.settings import Settings
 from stream.store import PartitionedIndex, SnapshotReport
@@ -94,10 +93,6 @@ class _Decoded:
 
 DECODE_AHEAD = 2
 """Chunks decoded ahead of extraction (each holds only its sampled frames)."""
-
-DECODE_NICE = 10
-"""Nice increment of the decode thread. Extraction runs torch on every core; a decode thread at the same priority
-takes a core from it in the middle of its parallel work, and every other torch thread then waits."""
 
 
 @dataclass
@@ -147,9 +142,7 @@ class IngestLoop:
         self._last_gauges = 0.0
         self._budget_s = self.cfg.poll_budget_fraction * settings.kafka.max_poll_interval_ms / 1000.0
         self._started = False
-        # at a lower priority: decode fills the gaps of extraction instead of slowing its threads down
-        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="ingest-decode", initializer=lower_thread_priority,
-                                           initargs=(DECODE_NICE,))
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="ingest-decode")
 
     def start(self) -> None:
         """Join the ingest group on the video topic (the assignment arrives with the first poll)."""

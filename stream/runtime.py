@@ -17,7 +17,7 @@ import sys
 
 from stream import lognoise
 
-__all__ = ["OPENMP_MODULES", "configure_process", "lower_thread_priority"]
+__all__ = ["OPENMP_MODULES", "configure_process"]
 
 LOG = logging.getLogger(__name__)
 
@@ -41,25 +41,3 @@ def configure_process() -> bool:
                     " and ".join(loaded), os.environ["OMP_WAIT_POLICY"])
         return False
     return True
-
-
-def lower_thread_priority(increment: int) -> int | None:
-    """Raise the calling thread's nice value by ``increment`` (Linux schedules threads, not processes, so only this
-    thread and the threads it creates afterwards, e.g. FFmpeg's decoder threads, run at the lower priority).
-
-    Lowering one's own priority needs no privilege. Where the platform has no per-thread priority the call does
-    nothing.
-
-    Returns:
-        The thread's new nice value, or None when it could not be changed.
-    """
-    import threading
-
-    try:
-        tid = threading.get_native_id()
-        nice = os.getpriority(os.PRIO_PROCESS, tid) + increment
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
-    except (AttributeError, OSError) as exc:  # no getpriority (Windows), or the kernel refused
-        LOG.debug("thread priority unchanged: %s", exc)
-        return None
-    return nice

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -93,30 +91,6 @@ def test_real_h264_chunks_are_sampled_and_indexed(settings: Settings, broker: Me
     assert metrics.value("l2g_index_frames") == 16
     assert metrics.value("l2g_snapshot_seconds_count") == 1
     assert metrics.value("l2g_commits_total") == 1
-
-
-@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="no per-thread priority on this platform")
-def test_chunks_are_decoded_at_a_lower_priority_than_extraction(settings: Settings, broker: MemoryBroker,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import stream.ingest as ingest
-
-    seen: list[tuple[int, int]] = []  # (thread id, nice) of every decode
-    real = ingest.decode_chunk
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        tid = threading.get_native_id()
-        seen.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ingest, "decode_chunk", spy)
-    publish(broker, "l2g.video", camera_chunks("cam-a", 1))
-    loop, _ = build(settings, broker)
-    drain(loop, broker)
-    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # the loop's (extraction's) thread
-    assert len(seen) == 2 and len({tid for tid, _ in seen}) == 1
-    assert seen[0][0] != threading.get_native_id()
-    assert all(nice == min(own + ingest.DECODE_NICE, 19) for _, nice in seen)
-    assert len(index_keys(loop.index)) == 8  # and decoding still did its job
 
 
 def test_restart_resumes_from_the_snapshot_and_dedups_replays(tmp_path: Path, broker: MemoryBroker) -> None:

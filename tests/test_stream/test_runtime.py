@@ -6,12 +6,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
-
-from stream.runtime import lower_thread_priority
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,25 +64,3 @@ def test_configure_process_says_when_it_comes_too_late(caplog: pytest.LogCapture
         assert configure_process() is False
         assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # still set, for child processes
     assert "may not apply" in caplog.text
-
-
-@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="no per-thread priority on this platform")
-def test_lower_thread_priority_lowers_only_the_calling_thread() -> None:
-    tid_main = threading.get_native_id()
-    before = os.getpriority(os.PRIO_PROCESS, tid_main)
-    seen: dict[str, int | None] = {}
-
-    def body() -> None:
-        tid = threading.get_native_id()
-        start = os.getpriority(os.PRIO_PROCESS, tid)
-        seen["returned"] = lower_thread_priority(3)
-        seen["expected"] = min(start + 3, 19)  # the kernel caps nice at 19
-        seen["now"] = os.getpriority(os.PRIO_PROCESS, tid)
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    assert seen["returned"] is not None
-    assert seen["now"] == seen["expected"] > before or seen["now"] == 19
-    assert os.getpriority(os.PRIO_PROCESS, tid_main) == before  # the caller's thread only
-
