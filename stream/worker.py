@@ -57,6 +57,13 @@ __all__ = ["Connector", "KafkaConnector", "Worker", "configure_threads", "make_e
 LOG = logging.getLogger(__name__)
 
 
+QUERY_FETCH_WAIT_MS = 100
+"""How long the broker may hold an empty fetch of the query path's consumers (queries, candidate partials). A fetch
+returns as soon as a record arrives, so this bounds idle wake-ups, not latency: at 20 ms the two idle consumers woke
+the worker 100 times a second and slowed ingest's extraction from 107 to 142 ms per frame (720p clip, default
+extractor); at 100 ms it was 114 ms, with the same idle query latency (docs/scaling.md, sixth session)."""
+
+
 class Connector(Protocol):
     """Creates the clients of a worker (Kafka in production, :class:`stream.testing.MemoryConnector` in tests)."""
 
@@ -89,7 +96,8 @@ class KafkaConnector:
         from stream.kafka import KafkaSource
 
         return KafkaSource(self.settings.kafka, client_id=client_id, group_id=group_id,
-                           max_poll_records=max_poll_records, fetch_max_wait_ms=20 if low_latency else 500)
+                           max_poll_records=max_poll_records,
+                           fetch_max_wait_ms=QUERY_FETCH_WAIT_MS if low_latency else 500)
 
     def sink(self, *, client_id: str) -> MessageSink:
         from stream.kafka import KafkaSink
