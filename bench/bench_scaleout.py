@@ -13,11 +13,12 @@ Reported per W (JSON line): end-to-end latency (client send -> result read), the
 of each worker process; and the plan's prediction for the same query (``docs/scaling.md``, "Plan for 10M frames"):
 ``extract + max over workers of its partitions' stage 1 + stage 2 + verify``, each measured in this process on
 the same snapshots with the same thread count, without Kafka. ``overhead_p50_ms`` (measured - predicted) is what
-the transport and the merge add.
+running as a service adds: the candidate partials' encoding, transport and decoding, the merge, and the worker's
+other threads.
 
 The synthetic frames say nothing about answer quality (the queries do not come from them); they give stage 1 the
 scan work of real frames of the same shape. Run:
-``python -m bench.bench_scaleout [--partitions 4] [--frames 20000] [--workers 1 2] [--queries 20]``; JSON lines on
+``python -m bench.bench_scaleout [--partitions 4] [--frames 15000] [--workers 1 2] [--queries 20]``; JSON lines on
 stdout, progress on stderr.
 """
 
@@ -41,7 +42,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import emit, machine, percentiles, progress  # noqa: E402
-from l2g_core import merge_candidates, stage2  # noqa: E402
+from l2g_core import IndexConfig, merge_candidates, stage2  # noqa: E402
 from l2g_core.datasets import SceneModel  # noqa: E402
 from l2g_core.geometry import verify_hits  # noqa: E402
 from l2g_core.plan import SearchPlan  # noqa: E402
@@ -238,8 +239,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--extractor", default=DEFAULT_EXTRACTOR)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=20_000, help="synthetic frames per partition")
-    parser.add_argument("--features", type=int, default=512, help="local features per synthetic frame")
+    parser.add_argument("--frames", type=int, default=15_000, help="synthetic frames per partition")
+    parser.add_argument("--features", type=int, default=IndexConfig.max_features_per_frame,
+                        help="local features per synthetic frame (default: as many as the index keeps)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--queries", type=int, default=20)
     args = parser.parse_args()
