@@ -171,8 +171,12 @@ def predict(settings: Settings, parts: list[Partition], images: list[tuple[bytes
 def _worker_main(settings_json: str, ready: Any, stop: Any) -> None:
     """One worker process: start, say so, run until told to stop."""
     settings = Settings.model_validate_json(settings_json)
-    worker = Worker(settings).start()
-    ready.put((settings.runtime.worker_id, os.getpid(), worker.wait_ready(300)))
+    try:
+        worker = Worker(settings).start()
+    except Exception as exc:  # said to the parent, which stops the run with it
+        ready.put((settings.runtime.worker_id, os.getpid(), f"cannot start: {type(exc).__name__}: {exc}"))
+        raise
+    ready.put((settings.runtime.worker_id, os.getpid(), "ready" if worker.wait_ready(300) else "not ready in 300 s"))
     stop.wait()
     worker.stop()
 
@@ -199,8 +203,10 @@ def run_workers(bootstrap: str, snapshots: Path, args: argparse.Namespace, worke
         procs.append(proc)
     pids = {}
     for _ in procs:
-        wid, pid, ok = ready.get(timeout=600)
-        assert ok, f"worker {wid} not ready"
+        wid, pid, state = ready.get(timeout=600)
+        if state != "ready":
+            stop.set()
+            raise SystemExit(f"worker {wid}: {state}")
         pids[wid] = pid
     settings = make_settings(bootstrap, snapshots, args, threads, "scaleout-client")
     with QueryClient(settings) as client:
