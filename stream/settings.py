@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from l2g_core import L2GError, Mode, RetrievalConfig
+from l2g_core import IndexConfig, L2GError, Mode, RetrievalConfig
 from plugins.presets import DEFAULT_EXTRACTOR
 from stream.errors import ConfigurationError
 from stream.redact import redact_secrets
@@ -230,6 +230,10 @@ class IndexSettings(_Group):
 
     Attributes:
         bucket_seconds, max_features_per_frame, index_kind: see ``IndexConfig``.
+        segment_seconds: once compressed, one IVF-PQ index per camera and this span (``IndexConfig``); part of
+            the snapshot tag, so a change rebuilds the partition from its topic.
+        rerank_features, rerank_dtype: the features kept per frame for stage 2 and the geometric proof, and how
+            they are stored (``IndexConfig``); a change applies to frames indexed from then on.
         retention_seconds: frames older than the newest event time of their partition minus this are evicted
             (``IndexConfig``). ``null`` keeps everything: ``null`` in a YAML or JSON file, and the string ``null``
             or ``none`` (any case) in the environment (``L2G_INDEX__RETENTION_SECONDS=null``) or in a TOML file;
@@ -244,7 +248,10 @@ class IndexSettings(_Group):
 
     bucket_seconds: float = Field(60.0, gt=0.0)
     retention_seconds: float | None = Field(3600.0, gt=0.0, allow_inf_nan=False)
-    max_features_per_frame: int = Field(384, ge=1)
+    max_features_per_frame: int = Field(IndexConfig.max_features_per_frame, ge=1)
+    segment_seconds: float = Field(IndexConfig.segment_seconds, gt=0.0, allow_inf_nan=False)
+    rerank_features: int = Field(IndexConfig.rerank_features, ge=1)
+    rerank_dtype: Literal["float16", "int8"] = IndexConfig.rerank_dtype
     index_kind: Literal["auto", "flat", "ivfpq"] = "auto"
     snapshot_dir: Path | None = None
     retrieval: dict[str, Any] = Field(default_factory=dict)

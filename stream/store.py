@@ -56,7 +56,7 @@ def index_tag(extractor: str, identity: Mapping[str, Any], config: IndexConfig) 
     blob = json.dumps(
         {"extractor": extractor, "identity": identity, "local_dim": config.local_dim,
          "global_dim": config.global_dim, "max_features_per_frame": config.max_features_per_frame,
-         "bucket_seconds": config.bucket_seconds},
+         "bucket_seconds": config.bucket_seconds, "segment_seconds": config.segment_seconds},
         sort_keys=True, default=str,
     )
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in extractor)
@@ -120,6 +120,8 @@ class PartitionedIndex:
             config = IndexConfig(local_dim=local_dim, global_dim=global_dim, bucket_seconds=settings.bucket_seconds,
                                  retention_seconds=settings.retention_seconds,
                                  max_features_per_frame=settings.max_features_per_frame,
+                                 segment_seconds=settings.segment_seconds,
+                                 rerank_features=settings.rerank_features, rerank_dtype=settings.rerank_dtype,
                                  index_kind=settings.index_kind, device=settings.device,
                                  gpu_id=settings.gpu_id)
         except (L2GError, TypeError) as exc:
