@@ -15,14 +15,11 @@ Secrets (SASL and TLS key passwords) are :class:`~pydantic.SecretStr` and never 
 from __future__ import annotations
 
 import contextvars
-import json
 import os
 import socket
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -31,6 +28,7 @@ from l2g_core import IndexConfig, L2GError, Mode, RetrievalConfig
 from plugins.presets import DEFAULT_EXTRACTOR
 from stream.errors import ConfigurationError
 from stream.redact import redact_secrets
+from stream.settings_file import read_settings_file
 
 __all__ = ["ENV_PREFIX", "ExtractorSettings", "HttpSettings", "IndexSettings", "IngestSettings", "KafkaSettings",
            "QuerySettings", "RuntimeSettings", "Settings", "StorageSettings", "TopicSettings", "UiSettings"]
@@ -368,30 +366,6 @@ class RuntimeSettings(_Group):
     progress_interval_s: float = Field(30.0, ge=0.0)
 
 
-def _read_settings_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read settings file {path}: {exc}") from exc
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            raise ConfigurationError(f"settings file {path} must end in .yaml, .yml, .json or .toml")
-    except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigurationError(f"settings file {path} is not valid {suffix[1:]}: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"settings file {path} must hold a mapping at the top level")
-    return data
-
-
 class _FileSource(PydanticBaseSettingsSource):
     """Settings from the file given to :meth:`Settings.load` or named by ``L2G_CONFIG_FILE``."""
 
@@ -400,7 +374,7 @@ class _FileSource(PydanticBaseSettingsSource):
         path = _config_file.get()
         if path is None and os.environ.get(_CONFIG_FILE_ENV):
             path = Path(os.environ[_CONFIG_FILE_ENV])
-        self._data = _read_settings_file(path) if path is not None else {}
+        self._data = read_settings_file(path) if path is not None else {}
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return self._data.get(field_name), field_name, False
