@@ -41,6 +41,7 @@ from typing import Any  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.bench_reliability import crop_png  # noqa: E402
 from bench.common import emit, machine, percentiles, progress  # noqa: E402
 from l2g_core import IndexConfig, merge_candidates, stage2  # noqa: E402
 from l2g_core.datasets import SceneModel  # noqa: E402
@@ -51,11 +52,11 @@ from l2g_core.shortlist import stage1  # noqa: E402
 from plugins.presets import DEFAULT_EXTRACTOR  # noqa: E402
 from stream.broker import EmbeddedBroker  # noqa: E402
 from stream.client import QueryClient  # noqa: E402
-from stream.ports import Partition  # noqa: E402
+from stream.ports import FeatureExtractor, Partition  # noqa: E402
 from stream.settings import Settings  # noqa: E402
 from stream.store import PartitionedIndex  # noqa: E402
 from stream.video import SyntheticCamera  # noqa: E402
-from stream.worker import KafkaConnector, Worker, make_extractor  # noqa: E402
+from stream.worker import KafkaConnector, Worker, configure_threads, make_extractor  # noqa: E402
 
 START = 1_700_000_000.0
 K = 10  # matches per answer
@@ -78,12 +79,17 @@ def make_settings(bootstrap: str, snapshots: Path, args: argparse.Namespace, thr
     )
 
 
+def partition_store(settings: Settings, extractor: FeatureExtractor) -> PartitionedIndex:
+    """The partition indexes as a worker of ``settings`` with ``extractor`` keeps them (same snapshot tag)."""
+    return PartitionedIndex.from_settings(settings.index, extractor=extractor.name,
+                                          options=extractor.snapshot_identity(), local_dim=extractor.local_dim,
+                                          global_dim=extractor.global_dim)
+
+
 def build_snapshots(settings: Settings, args: argparse.Namespace) -> list[Partition]:
     """Write one snapshot of ``args.frames`` synthetic frames per partition; returns the partitions."""
     extractor = make_extractor(settings)
-    store = PartitionedIndex.from_settings(settings.index, extractor=extractor.name,
-                                           options=extractor.snapshot_identity(), local_dim=extractor.local_dim,
-                                           global_dim=extractor.global_dim)
+    store = partition_store(settings, extractor)
     parts = [Partition(settings.topics.video, p) for p in range(args.partitions)]
     for part in parts:
         t0 = time.perf_counter()
@@ -107,14 +113,10 @@ def query_images(n: int, seed: int = 0) -> list[tuple[bytes, np.ndarray]]:
     cam, rng = SyntheticCamera(seed), random.Random(seed)
     out = []
     for i in range(n):
-        image = cam.frame(i * 7)
-        h, w = image.shape[:2]
-        ch, cw = int(h * rng.uniform(0.5, 0.8)), int(w * rng.uniform(0.5, 0.8))
-        y, x = rng.randrange(0, h - ch + 1), rng.randrange(0, w - cw + 1)
-        crop = np.ascontiguousarray(image[y:y + ch, x:x + cw])
-        ok, buf = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-        assert ok
-        out.append((buf.tobytes(), crop))
+        png = crop_png(cam.frame(i * 7), rng)
+        bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        assert bgr is not None
+        out.append((png, np.ascontiguousarray(bgr[:, :, ::-1])))
     return out
 
 
@@ -122,18 +124,11 @@ def predict(settings: Settings, parts: list[Partition], images: list[tuple[bytes
             ) -> dict[str, Any]:
     """The plan's model of one query, per image: extraction + the slowest worker's stage 1 (its share of the
     partitions, searched one after another) + merge + stage 2 + proof, all in this process, no Kafka."""
-    import faiss
-    import torch
-
-    threads = settings.runtime.torch_threads
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
+    configure_threads(settings.runtime)
     config = settings.index.retrieval_config()
     extractor = make_extractor(settings)
     extractor.setup()
-    store = PartitionedIndex.from_settings(settings.index, extractor=extractor.name,
-                                           options=extractor.snapshot_identity(), local_dim=extractor.local_dim,
-                                           global_dim=extractor.global_dim)
+    store = partition_store(settings, extractor)
     for part in parts:
         store.open(part)  # loads the snapshot the workers load
     indexes = dict(store.items())

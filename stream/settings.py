@@ -25,6 +25,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from l2g_core import IndexConfig, L2GError, Mode, RetrievalConfig
+from l2g_core.config import RerankDtype
 from plugins.presets import DEFAULT_EXTRACTOR
 from stream.errors import ConfigurationError
 from stream.redact import redact_secrets
@@ -249,7 +250,7 @@ class IndexSettings(_Group):
     max_features_per_frame: int = Field(IndexConfig.max_features_per_frame, ge=1)
     segment_seconds: float = Field(IndexConfig.segment_seconds, gt=0.0, allow_inf_nan=False)
     rerank_features: int = Field(IndexConfig.rerank_features, ge=1)
-    rerank_dtype: Literal["float16", "int8"] = IndexConfig.rerank_dtype
+    rerank_dtype: RerankDtype = IndexConfig.rerank_dtype
     index_kind: Literal["auto", "flat", "ivfpq"] = "auto"
     snapshot_dir: Path | None = None
     retrieval: dict[str, Any] = Field(default_factory=dict)
