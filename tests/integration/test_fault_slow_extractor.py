@@ -102,13 +102,17 @@ def test_slow_extractor_sheds_load_without_a_rebalance(kafka_broker: EmbeddedBro
 @pytest.mark.timeout(300)
 def test_control_without_load_shedding_the_group_evicts_the_worker(kafka_broker: EmbeddedBroker, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same backlog and model with ``load_shed=False``: polls outlast ``max_poll_interval_ms`` and the group
-    rebalances (the consumer rejoins: ``l2g_rebalances_total`` > 1). This is what the test above guards against."""
+    """The same model with ``load_shed=False``: polls outlast ``max_poll_interval_ms`` and the group rebalances (the
+    consumer rejoins: ``l2g_rebalances_total`` > 1). This is what the test above guards against.
+
+    Polls here take 8 chunks, not 4: 16 s of extraction per poll, twice the interval. At 4 chunks a poll is 8 s of
+    sleep, level with the interval, and whether one runs over by enough for the heartbeat thread to notice is a coin
+    toss per poll (alone it took 43-59 s to happen; beside a full CI run it did not within 120 s)."""
     monkeypatch.setenv("L2G_TEST_SLEEP_PER_FRAME", SLEEP_PER_FRAME)
     http_port = free_port()
     settings = kafka_settings(
         kafka_broker, tmp_path,
-        ingest={"sample_fps": 2.0, "load_shed": False, "max_poll_records": 4, "batch_size": 4,
+        ingest={"sample_fps": 2.0, "load_shed": False, "max_poll_records": 8, "batch_size": 4,
                 "commit_interval_s": 1.0},
         extractor={"name": "slowtoy"}, http={"port": http_port}, query={"enabled": False})
     cam = SyntheticCamera(33, 256, 160, world_frames=400)
