@@ -19,8 +19,9 @@ from l2g_core import (
     prepare_query,
     stage1,
 )
-from l2g_core.candidates import global_cosine
+from l2g_core.candidates import PARALLEL_COSINE_ROWS, global_cosine, global_cosines
 from l2g_core.datasets import SyntheticVideo, make_synthetic_video
+from l2g_core.index.shard import Shard
 
 CONFIG = RetrievalConfig(rerank_k=40, shortlist=80, global_shortlist=10)
 
@@ -137,10 +138,28 @@ def test_a_frame_picked_twice_is_joined_once() -> None:
     index.add(video.keys, video.features)
     shard = max(index.shards(), key=len)
     assert len(shard) > 5
-    frames = np.arange(len(shard))
     cosine = global_cosine(shard.globals, video.queries[0].global_descriptor)
     scores = np.linspace(0, 1, len(shard)).astype(np.float32)
-    tail = _tail([shard, shard], [(0, frames, cosine, scores), (1, frames, cosine, scores)], 5, 16, "local")
+    def picks_at(positions: np.ndarray) -> list[tuple[Shard, int]]:  # frames 0..n-1, then the same again
+        return [(shard, int(p) % len(shard)) for p in positions]
+
+    tail = _tail(picks_at, np.arange(2 * len(shard)), np.tile(cosine, 2), np.tile(scores, 2), 5, 16, "local")
     expected = sorted(range(len(shard)), key=lambda i: (-float(cosine[i]), shard.keys[i]))[:5]
     assert tail.keys == [shard.keys[i] for i in expected]
     np.testing.assert_array_equal(tail.scores, scores[expected])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cosines_over_threads_are_bit_identical_to_one_thread(threads: int) -> None:
+    """The joined tail's cosine pass splits the shards over threads above PARALLEL_COSINE_ROWS: every row's value
+    is the same whatever the split (blocks of uneven sizes, one empty)."""
+    rng = np.random.default_rng(3)
+    sizes = [5000, 0, 7000, 1, 9000, 3000]
+    assert sum(sizes) > PARALLEL_COSINE_ROWS
+    blocks = [rng.standard_normal((n, 64)).astype(np.float32) for n in sizes]
+    q = rng.standard_normal(64).astype(np.float32)
+    expected = np.concatenate([global_cosine(b, q) for b in blocks])
+    got = global_cosines(blocks, q, threads=threads)
+    assert got.dtype == np.float32 and got.shape == (sum(sizes),)
+    np.testing.assert_array_equal(got, expected)
+    assert global_cosines([], q, threads=threads).shape == (0,)

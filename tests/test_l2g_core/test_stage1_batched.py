@@ -62,16 +62,21 @@ def test_coarse_key_follows_nprobe_and_flat_index_has_no_segments() -> None:
 
 
 @pytest.mark.parametrize(("tau", "alpha"), [(0.0, 1.0), (0.1, 3.0)])
-def test_dense_and_sorted_aggregation_are_bit_identical(tau: float, alpha: float,
+@pytest.mark.parametrize("num_frames", [30, 5000])  # few frames: many repeated (feature, frame) pairs; many: sparse
+def test_dense_and_sorted_aggregation_are_bit_identical(tau: float, alpha: float, num_frames: int,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(5)
-    q, k, num_frames = 40, 24, 30  # few frames: many repeated (feature, frame) pairs
+    q, k = 40, 24
     sims = -np.sort(-rng.uniform(-0.2, 1.0, (q, k)).astype(np.float32), axis=1)
     frames = rng.integers(-1, num_frames, (q, k))
+    default = aggregate_neighbors(sims, frames, num_frames, tau=tau, alpha=alpha)
+    monkeypatch.setattr(chamfer, "DENSE_PER_MATCH", 10**9)
     dense = aggregate_neighbors(sims, frames, num_frames, tau=tau, alpha=alpha)
     monkeypatch.setattr(chamfer, "DENSE_LIMIT", 0)
     sparse = aggregate_neighbors(sims, frames, num_frames, tau=tau, alpha=alpha)
     np.testing.assert_array_equal(dense, sparse)
+    np.testing.assert_array_equal(default, dense)
+    assert default.max() > 0
 
 
 def _segment_reference(index: RollingIndex, twin: RollingIndex, query: np.ndarray, config: RetrievalConfig,
