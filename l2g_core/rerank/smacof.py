@@ -33,12 +33,15 @@ class SmacofResult:
     n_iter: torch.Tensor
 
 
-def _pairwise(x: torch.Tensor) -> torch.Tensor:
-    """``(B, n, p)`` -> ``(B, n, n)`` Euclidean distances with an exact zero diagonal."""
+def _pairwise(x: torch.Tensor, offdiag: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, n, p)`` -> ``(B, n, n)`` Euclidean distances with an exact zero diagonal (``offdiag``: ``1 - I``,
+    made here when not given)."""
     sq = (x * x).sum(-1)
     d2 = sq[:, :, None] + sq[:, None, :] - 2.0 * x @ x.transpose(1, 2)
     d = d2.clamp_min(0.0).sqrt()
-    return d * (1.0 - torch.eye(x.shape[1], dtype=x.dtype, device=x.device))
+    if offdiag is None:
+        offdiag = 1.0 - torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    return d * offdiag
 
 
 def classical_mds(delta: torch.Tensor, dim: int) -> torch.Tensor:
@@ -117,20 +120,21 @@ def smacof(
     n_iter = torch.zeros(bsz, dtype=torch.int64, device=delta.device)
     old_stress = torch.full((bsz,), float("inf"), dtype=delta.dtype, device=delta.device)
     stress = old_stress.clone()
+    d = _pairwise(x, offdiag)  # (each iteration's d_new is the next one's d: computed once)
     for _ in range(max_iter):
-        d = _pairwise(x)
         ratio = torch.where(d > 0, delta / d.clamp_min(1e-12), torch.zeros_like(d)) * offdiag
         if w is not None:
             ratio = ratio * w
         b = -ratio
         b = b + torch.diag_embed(ratio.sum(-1))
         x_new = (b @ x) / n if v_pinv is None else v_pinv @ (b @ x)
-        d_new = _pairwise(x_new)
+        d_new = _pairwise(x_new, offdiag)
         resid = (d_new - delta) ** 2
         new_stress = 0.5 * (resid if w is None else resid * w).sum((1, 2))
         denom = 0.5 * (d_new * d_new).sum((1, 2))
         converged = (old_stress - new_stress) / denom.clamp_min(1e-30) < eps
         x = torch.where(active[:, None, None], x_new, x)
+        d = torch.where(active[:, None, None], d_new, d)
         stress = torch.where(active, new_stress, stress)
         n_iter = n_iter + active.to(torch.int64)
         old_stress = torch.where(active, new_stress, old_stress)
