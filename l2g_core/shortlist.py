@@ -119,7 +119,7 @@ def _collect(
             frame = positions - starts[owner]
             return [(order[o], f) for o, f in zip(owner.tolist(), frame.tolist(), strict=True)]
 
-        stamps = [(float(s.timestamps.min()), float(s.timestamps.max())) for s in index.shards() if len(s)]
+        stamps = [span for span in (s.span for s in index.shards()) if span is not None]
         coverage = Coverage(
             frames_searched=int(sizes.sum()), frames_total=total_frames, shards_searched=len(order),
             shards_total=len(shards), partitions_searched=1, partitions_total=1, complete=not notes,

@@ -133,7 +133,7 @@ class RollingIndex:
         """The segment holding a compressed shard's descriptors (None for a flat shard)."""
         if shard.index is not None:
             return None
-        return self._segments[segment_of(shard.id.camera_id, shard.id.bucket, self.config)]
+        return self._segments[shard.segment_id]
 
     def segments(self) -> list[Segment]:
         """All segments (search units of a compressed index)."""

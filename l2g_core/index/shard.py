@@ -11,7 +11,7 @@ import numpy as np
 
 from l2g_core.config import IndexConfig
 from l2g_core.index import backend
-from l2g_core.index.segment import Segment
+from l2g_core.index.segment import Segment, segment_of
 from l2g_core.types import FloatArray, FrameFeatures, FrameKey, FrameSource
 
 __all__ = ["RerankFeatures", "Shard", "ShardId", "dequantize_int8", "new_shard", "quantize_int8"]
@@ -98,6 +98,9 @@ class Shard:
         self._cache_globals: FloatArray | None = None
         self._cache_feature_frame: np.ndarray | None = None
         self._cache_timestamps: np.ndarray | None = None
+        self._cache_span: tuple[float, float] | None = None
+        self.segment_id = segment_of(shard_id.camera_id, shard_id.bucket, config)
+        """The segment that holds this shard's descriptors once compressed (see :func:`segment_of`)."""
         self.num_features = 0
         self.version = 0
 
@@ -139,6 +142,14 @@ class Shard:
         return self._cache_timestamps
 
     @property
+    def span(self) -> tuple[float, float] | None:
+        """``(oldest, newest)`` event time of the shard's frames; None when it has none."""
+        if self._cache_span is None and self.keys:
+            ts = self.timestamps
+            self._cache_span = (float(ts.min()), float(ts.max()))
+        return self._cache_span
+
+    @property
     def time_range(self) -> tuple[float, float]:
         """Span of the bucket, ``[start, end)`` seconds."""
         start = self.id.bucket * self.config.bucket_seconds
@@ -173,7 +184,7 @@ class Shard:
             self.rerank_keypoints.append(strongest.keypoints)
             self.image_sizes.append(feat.image_size)
         self.num_features += int(counts.sum())
-        self._cache_globals = self._cache_feature_frame = self._cache_timestamps = None
+        self._cache_globals = self._cache_feature_frame = self._cache_timestamps = self._cache_span = None
         self.version += 1
 
     def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, np.ndarray]:
@@ -296,7 +307,7 @@ class Shard:
         shard.image_sizes = [(int(h), int(w)) for h, w in arrays["image_sizes"]]
         if not len(counts) == len(shard.keys) == len(shard._globals) == len(shard.image_sizes):
             raise ValueError(f"shard {shard_id}: per-frame arrays of different lengths")
-        shard._cache_globals = shard._cache_feature_frame = shard._cache_timestamps = None
+        shard._cache_globals = shard._cache_feature_frame = shard._cache_timestamps = shard._cache_span = None
         shard.version = version
         return shard
 

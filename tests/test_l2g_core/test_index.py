@@ -232,6 +232,8 @@ def test_shard_round_trips_through_its_arrays(kind: str) -> None:
         assert rebuilt.num_features == shard.num_features
         np.testing.assert_array_equal(rebuilt.globals, shard.globals)
         np.testing.assert_array_equal(rebuilt.timestamps, shard.timestamps)
+        assert rebuilt.span == shard.span == (float(min(shard.timestamps)), float(max(shard.timestamps)))
+        assert rebuilt.segment_id == shard.segment_id
         np.testing.assert_array_equal(rebuilt.feature_frame, shard.feature_frame)
         for a, b in zip(rebuilt.rerank_descriptors, shard.rerank_descriptors, strict=True):
             np.testing.assert_array_equal(a, b)
@@ -245,6 +247,21 @@ def test_shard_round_trips_through_its_arrays(kind: str) -> None:
         assert again.keys() == arrays.keys()
         for name in arrays:
             np.testing.assert_array_equal(again[name], arrays[name], err_msg=name)
+
+
+def test_a_shards_time_span_follows_its_frames() -> None:
+    """``Shard.span`` (the index's ``indexed_from`` / ``indexed_to``) is cached and renewed by every add."""
+    v = make_synthetic_video(num_frames=40, num_scenes=4, features_per_frame=8, local_dim=32, global_dim=16, seed=4)
+    keys, feats = zip(*[(k, f) for k, f in zip(v.keys, v.features, strict=True) if k.camera_id == "cam-0"],
+                      strict=True)
+    index = RollingIndex(_config(bucket_seconds=3600.0))
+    index.add(list(keys[:10]), list(feats[:10]))
+    (shard,) = index.shards()
+    assert shard.span == (keys[0].timestamp, keys[9].timestamp)
+    index.add(list(keys[10:]), list(feats[10:]))
+    assert len(shard) == len(keys) > 10
+    assert shard.span == (keys[0].timestamp, keys[-1].timestamp)
+    assert Shard(shard.id, shard.config, None).span is None
 
 
 def test_an_index_is_built_from_restored_shards(tmp_path: Path) -> None:
