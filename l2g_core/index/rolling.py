@@ -220,7 +220,7 @@ class RollingIndex:
         needed: set[SegmentId] = set()
         for shard in index._shards.values():
             if shard.index is None:
-                gid = segment_of(shard.id.camera_id, shard.id.bucket, config)
+                gid = shard.segment_id
                 needed.add(gid)
                 if gid in index._segments:
                     index._segments[gid].buckets.add(shard.id.bucket)
@@ -341,7 +341,7 @@ class RollingIndex:
             for sid in expired:
                 shard = self._shards.pop(sid)
                 if shard.index is None:
-                    segment = self._segments[segment_of(sid.camera_id, sid.bucket, self.config)]
+                    segment = self._segments[shard.segment_id]
                     segment.buckets.discard(sid.bucket)
                     if segment.buckets:
                         segment.remove_bucket(sid.bucket)
