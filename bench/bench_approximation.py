@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--extractor", default=DEFAULT_EXTRACTOR)
     parser.add_argument("--datasets", nargs="+", default=["video", "landmarks+video"],
                         choices=["video", "landmarks+video"])
-    parser.add_argument("--variants", nargs="+", default=["exact", "default"], type=parse_variant,
+    parser.add_argument("--variants", nargs="+", default=["exact", "default"],
                         help="exact, default, or NAME:FIELD=VALUE[,...] (IVF-PQ with IndexConfig fields changed)")
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--max-side", type=int, default=640)
@@ -155,7 +155,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"shared data not found at {args.data}; nothing to benchmark")
-    if EXACT not in [v.name for v in args.variants]:
+    variants = [parse_variant(text) for text in args.variants]
+    if EXACT not in [v.name for v in variants]:
         raise SystemExit(f"--variants must include {EXACT!r}: every variant is compared with it")
     torch.set_num_threads(2)
     configure_faiss()
@@ -165,7 +166,7 @@ def main() -> None:
                   args.window)
     for name in args.datasets:
         coll = clips if name == "video" else with_distractors(landmarks(args.data, args.max_side), clips)
-        evaluate(coll, args.extractor, args.variants, config, args.k, args.modes, default_gap(args.fps), cache)
+        evaluate(coll, args.extractor, variants, config, args.k, args.modes, default_gap(args.fps), cache)
 
 
 if __name__ == "__main__":

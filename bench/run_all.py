@@ -3,7 +3,8 @@
 Each benchmark runs in its own subprocess, one after the other (they would share the two cores otherwise and
 measure each other), with the arguments below. A benchmark that fails is reported as a JSON line
 ``{"bench": "run_all", "module": ..., "returncode": ...}`` and the others still run; the exit status is non-zero
-if any failed. The ones that need ``../shared/data`` (retrieval) are skipped with a JSON line when it is absent.
+if any failed. The ones that need ``../shared/data`` (retrieval, approximation) are skipped with a JSON line when it
+is absent.
 
 Run: ``python -m bench.run_all [--only core_scale retrieval] [--quick]``. ``--quick`` shrinks every benchmark to a
 few minutes in all (10k frames only, fewer queries and seconds): a smoke run, not the figures of the notes.
@@ -23,6 +24,9 @@ BENCHES: tuple[tuple[str, str, list[str], list[str], bool], ...] = (
     ("core_scale", "bench.bench_core_scale", [], ["--sizes", "10000", "--queries", "5"], False),
     ("retrieval", "bench.bench_retrieval", [], ["--per-clip", "12", "--crops-per-clip", "2",
                                               "--frames-per-clip", "1", "--no-cache", "--datasets", "video"], True),
+    ("approximation", "bench.bench_approximation", ["--variants", "exact", "default", "nprobe8:nprobe=8"],
+     ["--fps", "1", "--per-clip", "40", "--crops-per-clip", "2", "--frames-per-clip", "1", "--no-cache",
+      "--datasets", "video"], True),
     ("extractors", "bench.bench_extractors", [],
      ["--extractors", "xfeat", "rootsift", "--min-seconds", "1", "--min-batches", "1", "--batches", "1",
       "--sizes", "640x360", "--skip-correctness"], False),
