@@ -70,11 +70,15 @@ def parse_variant(text: str) -> Variant:
     return Variant(name, {"index_kind": "ivfpq", **field_overrides(IndexConfig, fields.split(","))})
 
 
-def trainable(options: dict[str, Any], features: int) -> dict[str, Any]:
-    """``options`` with ``train_size`` capped at the collection's ``features`` for an IVF-PQ variant, so that it
-    is compressed at all (``index.backend`` then trains ``train_size // 39`` lists when that is fewer)."""
+def trainable(options: dict[str, Any], features_per_frame: Sequence[int]) -> dict[str, Any]:
+    """``options`` with ``train_size`` capped at the features the variant's index will hold (each frame keeps at
+    most its ``max_features_per_frame``; ``features_per_frame``: ``(frames,)`` extracted counts), so that an
+    IVF-PQ variant is compressed at all (``index.backend`` then trains ``train_size // 39`` lists when that is
+    fewer)."""
     if options.get("index_kind") != "ivfpq":
         return options
+    keep = int(options.get("max_features_per_frame", IndexConfig.max_features_per_frame))
+    features = sum(min(n, keep) for n in features_per_frame)
     train_size = min(int(options.get("train_size", IndexConfig.train_size)), features)
     return {**options, "train_size": train_size}
 
@@ -108,12 +112,13 @@ def evaluate(collection: Collection, extractor_name: str, variants: Sequence[Var
     extractor = plugins.get_extractor(extractor_name)
     db: list[FrameFeatures] = cached_features(extractor, collection.images, f"{collection.name}-db", cache)
     queries = cached_features(extractor, [q.image for q in collection.queries], f"{collection.name}-q", cache)
-    features = sum(min(len(f.descriptors), IndexConfig.max_features_per_frame) for f in db)
+    counts = [len(f.descriptors) for f in db]
+    features = sum(min(n, IndexConfig.max_features_per_frame) for n in counts)
+    options = {v.name: trainable(v.options, counts) for v in variants}
     runs: dict[str, dict[str, ModeRun]] = {}
-    for variant in variants:
-        progress(f"  {collection.name}: variant {variant.name} {variant.options}")
-        runs[variant.name] = run_modes(collection, db, queries, config, k, modes, gap,
-                                       trainable(variant.options, features))
+    for name, index_options in options.items():
+        progress(f"  {collection.name}: variant {name} {index_options}")
+        runs[name] = run_modes(collection, db, queries, config, k, modes, gap, index_options)
     for set_name, mask in query_sets(collection).items():
         table = compare(runs, mask)
         progress(f"\n{collection.name} / {set_name} ({int(mask.sum())} queries, {len(db)} frames, "
@@ -128,7 +133,7 @@ def evaluate(collection: Collection, extractor_name: str, variants: Sequence[Var
             for mode, row in per_mode.items():
                 emit({"bench": "approximation", "dataset": collection.name, "queries_set": set_name,
                       "extractor": extractor_name, "variant": name,
-                      "index": trainable(next(v.options for v in variants if v.name == name), features),
+                      "index": options[name],
                       "mode": mode, "db_frames": len(db), "db_features": features, "queries": int(mask.sum()),
                       **row, **machine()})
 
@@ -156,8 +161,11 @@ def main() -> None:
     if not args.data.is_dir():
         raise SystemExit(f"shared data not found at {args.data}; nothing to benchmark")
     variants = [parse_variant(text) for text in args.variants]
-    if EXACT not in [v.name for v in variants]:
+    names = [v.name for v in variants]
+    if EXACT not in names:
         raise SystemExit(f"--variants must include {EXACT!r}: every variant is compared with it")
+    if len(set(names)) < len(names):
+        raise SystemExit(f"--variants names must differ: {' '.join(names)}")
     torch.set_num_threads(2)
     configure_faiss()
     config = RetrievalConfig().replace(**field_overrides(RetrievalConfig, args.set))

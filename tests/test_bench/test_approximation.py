@@ -24,10 +24,12 @@ def test_bad_variants_are_refused(text: str) -> None:
 
 
 def test_training_sample_is_capped_for_ivfpq_only() -> None:
-    assert trainable({"index_kind": "ivfpq"}, 1000)["train_size"] == 1000
-    assert trainable({"index_kind": "ivfpq"}, 10**7)["train_size"] == IndexConfig.train_size
-    assert trainable({"index_kind": "ivfpq", "train_size": 500}, 1000)["train_size"] == 500
-    assert "train_size" not in trainable({"index_kind": "flat"}, 1000)
+    keep = IndexConfig.max_features_per_frame
+    assert trainable({"index_kind": "ivfpq"}, [keep + 100, 600 - keep])["train_size"] == 600  # kept, not extracted
+    assert trainable({"index_kind": "ivfpq"}, [keep] * 10**4)["train_size"] == IndexConfig.train_size
+    assert trainable({"index_kind": "ivfpq", "train_size": 500}, [1000])["train_size"] == min(500, keep)
+    assert trainable({"index_kind": "ivfpq", "max_features_per_frame": 10}, [keep] * 7)["train_size"] == 70
+    assert "train_size" not in trainable({"index_kind": "flat"}, [1000])
 
 
 def _run(ap: list[float]) -> dict[str, ModeRun]:
