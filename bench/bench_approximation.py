@@ -3,7 +3,7 @@
 Every variant indexes the same extracted frames and answers the same queries, so the differences are the index's
 alone. ``exact`` is flat inner-product search with float16 re-rank features; ``default`` is the shipped
 ``IndexConfig`` forced to IVF-PQ (a collection this small stays flat under ``compress_after``, which would test
-nothing); further variants change single fields (``nprobe8:nprobe=8``). For a collection with fewer features
+nothing); further variants change one or more fields (``nprobe8:nprobe=8``). For a collection with fewer features
 than ``train_size``, the IVF-PQ variants train on all of them (``train_size`` lowered, and with it the lists).
 
 Collections (``bench.collections``): ``video`` (every shared clip sampled densely, 4 frames/s by default, with its
