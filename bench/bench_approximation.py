@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.bench_retrieval import ModeRun, _subset, query_sets, run_modes
-from bench.collections import Collection, landmarks, video, with_distractors
-from bench.common import SHARED_DATA, emit, field_overrides, machine, percentiles, progress
+from bench.bench_retrieval import ModeRun, query_sets, run_modes, subset_runs
+from bench.collections import Collection, add_video_arguments, landmarks, video_from_args, with_distractors
+from bench.common import emit, field_overrides, machine, percentiles, progress
 from bench.feature_cache import DEFAULT_CACHE, cached_features
 from l2g_core import FrameFeatures, IndexConfig, RetrievalConfig
 from l2g_core.index.backend import configure_faiss
@@ -86,11 +86,11 @@ def trainable(options: dict[str, Any], features_per_frame: Sequence[int]) -> dic
 def compare(runs: dict[str, dict[str, ModeRun]], mask: np.ndarray) -> dict[str, dict[str, dict[str, object]]]:
     """Per variant and mode on the queries of ``mask``: the metrics, latency and the paired mAP difference to
     ``exact`` (points)."""
-    exact = _subset(runs[EXACT], mask)
+    exact = subset_runs(runs[EXACT], mask)
     out: dict[str, dict[str, dict[str, object]]] = {}
     for name, variant_runs in runs.items():
         out[name] = {}
-        for mode, run in _subset(variant_runs, mask).items():
+        for mode, run in subset_runs(variant_runs, mask).items():
             row: dict[str, object] = {m: bootstrap_mean(run.values[m]).scaled(100) for m in REPORTED}
             row.update(percentiles(run.latency_s.tolist(), (50,)))
             diff = paired_difference(run.values["mAP"], exact[mode].values["mAP"])
@@ -145,13 +145,7 @@ def main() -> None:
                         choices=["video", "landmarks+video"])
     parser.add_argument("--variants", nargs="+", default=["exact", "default"],
                         help="exact, default, or NAME:FIELD=VALUE[,...] (IVF-PQ with IndexConfig fields changed)")
-    parser.add_argument("--data", type=Path, default=SHARED_DATA)
-    parser.add_argument("--max-side", type=int, default=640)
-    parser.add_argument("--fps", type=float, default=4.0, help="database frames sampled per second of video")
-    parser.add_argument("--per-clip", type=int, default=200, help="database frames per clip at most")
-    parser.add_argument("--crops-per-clip", type=int, default=12)
-    parser.add_argument("--frames-per-clip", type=int, default=3)
-    parser.add_argument("--window", type=float, default=2.0, help="seconds around the source frame that count")
+    add_video_arguments(parser, fps=4.0, per_clip=200, crops_per_clip=12, frames_per_clip=3)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--modes", nargs="+", default=["local", "l2g"])
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="RetrievalConfig fields")
@@ -170,8 +164,7 @@ def main() -> None:
     configure_faiss()
     config = RetrievalConfig().replace(**field_overrides(RetrievalConfig, args.set))
     cache = None if args.no_cache else args.cache
-    clips = video(args.data, args.max_side, args.fps, args.per_clip, args.crops_per_clip, args.frames_per_clip,
-                  args.window)
+    clips = video_from_args(args)
     for name in args.datasets:
         coll = clips if name == "video" else with_distractors(landmarks(args.data, args.max_side), clips)
         evaluate(coll, args.extractor, variants, config, args.k, args.modes, default_gap(args.fps), cache)

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.collections import Collection, landmarks, video, with_distractors
-from bench.common import SHARED_DATA, emit, field_overrides, machine, percentiles, progress
+from bench.collections import Collection, add_video_arguments, landmarks, video_from_args, with_distractors
+from bench.common import emit, field_overrides, machine, percentiles, progress
 from bench.feature_cache import DEFAULT_CACHE, cached_features
 from l2g_core import MODES, FrameFeatures, IndexConfig, RetrievalConfig, Retriever, RollingIndex
 from l2g_core.evaluation import average_precision, precision_at_k, segment_average_precision, time_error
@@ -100,7 +100,8 @@ def run_modes(collection: Collection, db: list[FrameFeatures], queries: list[Fra
     return runs
 
 
-def _subset(runs: dict[str, ModeRun], mask: np.ndarray) -> dict[str, ModeRun]:
+def subset_runs(runs: dict[str, ModeRun], mask: np.ndarray) -> dict[str, ModeRun]:
+    """``runs`` restricted to the queries of ``mask`` ``(Q,)`` bool."""
     return {m: ModeRun({k: v[mask] for k, v in r.values.items()}, r.time_error_s[mask], r.latency_s[mask])
             for m, r in runs.items()}
 
@@ -160,7 +161,7 @@ def evaluate(collection: Collection, extractor_name: str, config: RetrievalConfi
     queries = cached_features(extractor, [q.image for q in collection.queries], f"{collection.name}-q", cache)
     runs = run_modes(collection, db, queries, config, k, modes, gap, index_options)
     for name, mask in query_sets(collection).items():
-        summary = summarize(_subset(runs, mask))
+        summary = summarize(subset_runs(runs, mask))
         print_table(f"{collection.name} / {name} ({int(mask.sum())} queries, {len(db)} frames, {extractor_name})",
                     summary)
         for mode, row in summary.items():
@@ -180,13 +181,7 @@ def main() -> None:
     parser.add_argument("--extractor", default=DEFAULT_EXTRACTOR)
     parser.add_argument("--datasets", nargs="+", default=["landmarks", "landmarks+video", "video"],
                         choices=["landmarks", "landmarks+video", "video"])
-    parser.add_argument("--data", type=Path, default=SHARED_DATA)
-    parser.add_argument("--max-side", type=int, default=640)
-    parser.add_argument("--fps", type=float, default=1.0, help="database frames sampled per second of video")
-    parser.add_argument("--per-clip", type=int, default=40, help="database frames per clip at most")
-    parser.add_argument("--crops-per-clip", type=int, default=24)
-    parser.add_argument("--frames-per-clip", type=int, default=6)
-    parser.add_argument("--window", type=float, default=2.0, help="seconds around the source frame that count")
+    add_video_arguments(parser, fps=1.0, per_clip=40, crops_per_clip=24, frames_per_clip=6)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--index-kind", default="flat", choices=["flat", "ivfpq"])
     parser.add_argument("--index-set", nargs="+", default=[], metavar="FIELD=VALUE",
@@ -210,8 +205,7 @@ def main() -> None:
     clips: Collection | None = None
     for name in args.datasets:
         if name != "landmarks" and clips is None:
-            clips = video(args.data, args.max_side, args.fps, args.per_clip, args.crops_per_clip,
-                          args.frames_per_clip, args.window)
+            clips = video_from_args(args)
         if name == "video":
             assert clips is not None
             coll = clips

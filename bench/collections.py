@@ -20,6 +20,7 @@ others the ``tune`` split; every clip's frames stay in the database of both).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ import av
 import cv2
 import numpy as np
 
-from bench.common import progress
+from bench.common import SHARED_DATA, progress
 from l2g_core import FrameKey
 from l2g_core.evaluation import GroundTruth, load_groups
 
@@ -168,6 +169,25 @@ def partial_view(img: np.ndarray, rng: np.random.Generator, area: tuple[float, f
     if rng.uniform() < 0.3:
         crop = cv2.GaussianBlur(crop, (0, 0), float(rng.uniform(0.5, 1.5)))
     return np.ascontiguousarray(_photometric(crop, rng, (0.7, 1.3), (0.7, 1.4)))
+
+
+def add_video_arguments(parser: argparse.ArgumentParser, *, fps: float, per_clip: int, crops_per_clip: int,
+                        frames_per_clip: int) -> None:
+    """The command-line options of :func:`video` (and ``--data``, ``--max-side`` for every collection), with a
+    benchmark's own defaults; :func:`video_from_args` reads them back."""
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
+    parser.add_argument("--max-side", type=int, default=640)
+    parser.add_argument("--fps", type=float, default=fps, help="database frames sampled per second of video")
+    parser.add_argument("--per-clip", type=int, default=per_clip, help="database frames per clip at most")
+    parser.add_argument("--crops-per-clip", type=int, default=crops_per_clip)
+    parser.add_argument("--frames-per-clip", type=int, default=frames_per_clip)
+    parser.add_argument("--window", type=float, default=2.0, help="seconds around the source frame that count")
+
+
+def video_from_args(args: argparse.Namespace) -> Collection:
+    """:func:`video` with the options of :func:`add_video_arguments`."""
+    return video(args.data, args.max_side, args.fps, args.per_clip, args.crops_per_clip, args.frames_per_clip,
+                 args.window)
 
 
 def video(root: Path, max_side: int, fps: float, per_clip: int, crops_per_clip: int, frames_per_clip: int,
