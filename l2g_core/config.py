@@ -64,6 +64,13 @@ class IndexConfig:
             ``nprobe``: lists probed. 4096 lists scan a 1.6M-feature segment 4.7x faster than 1024 at the same
             ``nprobe`` and, on real video features (881 frames at 4 fps, 110 queries), scored no lower: local mAP
             45.8 vs 41.4, l2g 56.9 vs 55.3, exact flat search 35.5 / 49.0 (docs/scaling.md).
+        exact_segment_features: a segment stays *young*, its descriptors exact and searched by brute force, until
+            it holds this many features (~1 per list at the default lists; ~11 frames), then they move into IVF-PQ
+            codes (``0``: codes from the first feature). IVF-PQ is poorest on a sparse segment: landmark queries
+            among one-photo cameras scored 1.2 mAP below exact search in local mode with codes, 0.0 below with
+            young segments (docs/scaling.md, ninth session). A larger threshold hurt: with 16 384, the video
+            bench's four shortest clips became exact units beside compressed ones, and local mAP fell 4.9 points
+            (a small exact unit gives its frames a full Chamfer score against truncated ones elsewhere).
         train_size: vectors sampled to train IVF-PQ (40 per list at the defaults: same mAP as 64 per list on
             the set above, training 24 s instead of 39 s on 2 cores; a smaller sample trains ``sample // 39``
             lists).
@@ -84,6 +91,7 @@ class IndexConfig:
     ivf_lists: int = 4096
     pq_bytes: int = 32
     nprobe: int = 16
+    exact_segment_features: int = 4096
     train_size: int = 163_840
     device: Device = "auto"
     gpu_id: int = 0
@@ -94,6 +102,8 @@ class IndexConfig:
                   "rerank_features", "compress_after", "ivf_lists", "pq_bytes", "nprobe", "train_size")
         if self.retention_seconds is not None:
             _positive(self, "retention_seconds")
+        _require(self.exact_segment_features >= 0,
+                 f"exact_segment_features must be >= 0, got {self.exact_segment_features}")
         _require(self.index_kind in ("auto", "flat", "ivfpq"), f"unknown index_kind {self.index_kind!r}")
         _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
         _require(self.rerank_dtype in ("float16", "int8"), f"unknown rerank_dtype {self.rerank_dtype!r}")

@@ -222,11 +222,12 @@ def local_candidates(
             (shard,) = shards
             return aggregate(*shard.search(query, config.neighbors), len(shard))
         key = segment.coarse_key
-        if key not in assignments:
+        if key is not None and key not in assignments:
             assignments[key] = segment.assign(query)
         first, last = shards[0].id.bucket, shards[-1].id.bucket
         whole = len(shards) == len(segment.buckets)
-        sims, ids = segment.search(query, config.neighbors, assignments[key], None if whole else (first, last))
+        sims, ids = segment.search(query, config.neighbors, None if key is None else assignments[key],
+                                   None if whole else (first, last))
         # feature id -> position among the selected shards' frames (oldest bucket first); -1: not selected
         base = np.full(last - first + 1, -1, np.int64)
         sizes = np.cumsum([0] + [len(s) for s in shards])

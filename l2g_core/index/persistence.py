@@ -14,9 +14,9 @@ files intact, so a reader never sees a torn snapshot; leftovers are removed by t
 
 A shard is stored as its :meth:`Shard.to_arrays <l2g_core.index.shard.Shard.to_arrays>` and rebuilt with
 :meth:`Shard.from_arrays <l2g_core.index.shard.Shard.from_arrays>`; a segment (the IVF-PQ codes of one camera's
-buckets) as its serialised FAISS index; a segment changes with every frame added to it or bucket evicted from it,
-so a save rewrites the segments that changed (the open segment of each camera that received frames). The
-index is rebuilt with
+buckets, or a young segment's exact vectors) as its serialised FAISS index; a segment changes with every frame added
+to it or bucket evicted from it, so a save rewrites the segments that changed (the open segment of each camera that
+received frames). The index is rebuilt with
 :meth:`RollingIndex.from_shards <l2g_core.index.rolling.RollingIndex.from_shards>`. This module imports
 :mod:`~l2g_core.index.rolling`, never the other way round.
 
@@ -248,7 +248,7 @@ def load_index(directory: str | Path, config: IndexConfig | None = None
             gid = SegmentId(entry["camera_id"], int(entry["number"]))
             version = _version(entry["file"])
             segments[gid] = Segment.from_blob(gid, cfg, np.fromfile(directory / entry["file"], dtype=np.uint8),
-                                              version)
+                                              version, template)
             segment_files[gid] = (version, entry["file"])
         shards: list[Shard] = []
         files: dict[ShardId, tuple[int, str]] = {}
