@@ -70,15 +70,20 @@ def parse_variant(text: str) -> Variant:
     return Variant(name, {"index_kind": "ivfpq", **field_overrides(IndexConfig, fields.split(","))})
 
 
+def indexed_features(options: dict[str, Any], features_per_frame: Sequence[int]) -> int:
+    """Features a variant's index holds: each frame keeps at most the variant's ``max_features_per_frame``
+    (``features_per_frame``: ``(frames,)`` extracted counts)."""
+    keep = int(options.get("max_features_per_frame", IndexConfig.max_features_per_frame))
+    return sum(min(n, keep) for n in features_per_frame)
+
+
 def trainable(options: dict[str, Any], features_per_frame: Sequence[int]) -> dict[str, Any]:
-    """``options`` with ``train_size`` capped at the features the variant's index will hold (each frame keeps at
-    most its ``max_features_per_frame``; ``features_per_frame``: ``(frames,)`` extracted counts), so that an
-    IVF-PQ variant is compressed at all (``index.backend`` then trains ``train_size // 39`` lists when that is
-    fewer)."""
+    """``options`` with ``train_size`` capped at the features the variant's index will hold
+    (:func:`indexed_features`), so that an IVF-PQ variant is compressed at all (``index.backend`` then trains
+    ``train_size // 39`` lists when that is fewer)."""
     if options.get("index_kind") != "ivfpq":
         return options
-    keep = int(options.get("max_features_per_frame", IndexConfig.max_features_per_frame))
-    features = sum(min(n, keep) for n in features_per_frame)
+    features = indexed_features(options, features_per_frame)
     train_size = min(int(options.get("train_size", IndexConfig.train_size)), features)
     return {**options, "train_size": train_size}
 
@@ -113,8 +118,8 @@ def evaluate(collection: Collection, extractor_name: str, variants: Sequence[Var
     db: list[FrameFeatures] = cached_features(extractor, collection.images, f"{collection.name}-db", cache)
     queries = cached_features(extractor, [q.image for q in collection.queries], f"{collection.name}-q", cache)
     counts = [len(f.descriptors) for f in db]
-    features = sum(min(n, IndexConfig.max_features_per_frame) for n in counts)
     options = {v.name: trainable(v.options, counts) for v in variants}
+    features = {name: indexed_features(o, counts) for name, o in options.items()}
     runs: dict[str, dict[str, ModeRun]] = {}
     for name, index_options in options.items():
         progress(f"  {collection.name}: variant {name} {index_options}")
@@ -122,7 +127,7 @@ def evaluate(collection: Collection, extractor_name: str, variants: Sequence[Var
     for set_name, mask in query_sets(collection).items():
         table = compare(runs, mask)
         progress(f"\n{collection.name} / {set_name} ({int(mask.sum())} queries, {len(db)} frames, "
-                 f"{features} features, {extractor_name}): mAP, variant - exact [95 % interval]")
+                 f"{features[EXACT]} features, {extractor_name}): mAP, variant - exact [95 % interval]")
         for name, per_mode in table.items():
             cells = []
             for mode, row in per_mode.items():
@@ -134,7 +139,7 @@ def evaluate(collection: Collection, extractor_name: str, variants: Sequence[Var
                 emit({"bench": "approximation", "dataset": collection.name, "queries_set": set_name,
                       "extractor": extractor_name, "variant": name,
                       "index": options[name],
-                      "mode": mode, "db_frames": len(db), "db_features": features, "queries": int(mask.sum()),
+                      "mode": mode, "db_frames": len(db), "db_features": features[name], "queries": int(mask.sum()),
                       **row, **machine()})
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.bench_approximation import EXACT, compare, parse_variant, trainable
+from bench.bench_approximation import EXACT, compare, indexed_features, parse_variant, trainable
 from bench.bench_retrieval import ModeRun
 from l2g_core import IndexConfig
 
@@ -30,6 +30,12 @@ def test_training_sample_is_capped_for_ivfpq_only() -> None:
     assert trainable({"index_kind": "ivfpq", "train_size": 500}, [1000])["train_size"] == min(500, keep)
     assert trainable({"index_kind": "ivfpq", "max_features_per_frame": 10}, [keep] * 7)["train_size"] == 70
     assert "train_size" not in trainable({"index_kind": "flat"}, [1000])
+
+
+def test_indexed_features_follow_each_variants_cap() -> None:
+    keep = IndexConfig.max_features_per_frame
+    assert indexed_features({"index_kind": "flat"}, [keep + 100, 7]) == keep + 7
+    assert indexed_features({"index_kind": "ivfpq", "max_features_per_frame": 10}, [keep, 7, 0]) == 17
 
 
 def _run(ap: list[float]) -> dict[str, ModeRun]:
