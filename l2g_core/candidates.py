@@ -2,75 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-import faiss
 import numpy as np
 
+from l2g_core.cosine import global_cosine
 from l2g_core.plan import Stage
 from l2g_core.types import FloatArray, FrameKey
 
-__all__ = ["Candidates", "Coverage", "global_cosine", "global_cosines"]
-
-
-def global_cosine(global_descriptors: FloatArray, query_global: FloatArray) -> FloatArray:
-    """``(n,)`` float32 cosines of ``(n, G)`` float32 unit global descriptors with the ``(G,)`` query descriptor.
-
-    Computed row by row in one fixed order (``einsum``, not BLAS, whose blocking may depend on the other rows): a
-    frame's value is the same in every index, every message and every merge, so each orders frames alike.
-    """
-    g = np.ascontiguousarray(global_descriptors, dtype=np.float32)
-    q = np.ascontiguousarray(query_global, dtype=np.float32)
-    out: FloatArray = np.einsum("ij,j->i", g, q).astype(np.float32, copy=False)
-    return out
-
-
-PARALLEL_COSINE_ROWS = 16_384
-"""Rows from which :func:`global_cosines` splits the work over threads (below it, one thread is faster)."""
-
-_POOL_LOCK = threading.Lock()
-_POOL: tuple[ThreadPoolExecutor, int] | None = None  # (executor, its threads)
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """The process's cosine threads (grown, never shrunk, to ``workers``)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[1] < workers:
-            old, _POOL = _POOL, (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="l2g-cosine"), workers)
-            if old is not None:
-                old[0].shutdown(wait=False)
-        return _POOL[0]
-
-
-def global_cosines(blocks: Sequence[FloatArray], query_global: FloatArray, threads: int | None = None) -> FloatArray:
-    """:func:`global_cosine` of every row of the ``(n_i, G)`` float32 ``blocks``, one after another: ``(sum n_i,)``.
-
-    The pass reads every stored global (512 MB at 100k frames of 1280-D) and is bound by memory, which one thread
-    does not saturate: with ``threads`` > 1 (default: FAISS's OpenMP threads, the index's thread budget) the blocks
-    are split over that many threads, each taking consecutive blocks (two threads: 54 -> 34 ms at 100k frames).
-    Each row's value is computed alone, so the result is the same bit for bit whatever the split.
-    """
-    if not blocks:
-        return np.zeros(0, np.float32)
-    if threads is None:
-        threads = faiss.omp_get_max_threads()
-    rows = np.cumsum([b.shape[0] for b in blocks])
-    if threads <= 1 or rows[-1] < PARALLEL_COSINE_ROWS:
-        return np.concatenate([global_cosine(b, query_global) for b in blocks])
-    cuts = [0, *np.searchsorted(rows, rows[-1] * np.arange(1, threads) / threads, side="right").tolist(), len(blocks)]
-    parts = [blocks[a:b] for a, b in itertools.pairwise(cuts)]
-
-    def run(part: Sequence[FloatArray]) -> list[FloatArray]:
-        return [global_cosine(b, query_global) for b in part]
-
-    futures = [_pool(threads - 1).submit(run, part) for part in parts[1:]]
-    first = run(parts[0])
-    return np.concatenate([*first, *(x for f in futures for x in f.result())])
+__all__ = ["Candidates", "Coverage"]
 
 
 @dataclass(frozen=True)

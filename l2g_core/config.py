@@ -16,6 +16,7 @@ __all__ = ["IndexConfig", "RetrievalConfig"]
 IndexKind = Literal["auto", "flat", "ivfpq"]
 Device = Literal["auto", "cpu", "cuda"]
 RerankDtype = Literal["float16", "int8"]
+GlobalDtype = Literal["float16", "float32"]
 
 
 def _require(cond: bool, message: str) -> None:
@@ -55,6 +56,9 @@ class IndexConfig:
             of 128 verified 69 % of correct top-10 matches instead of 81 %).
         rerank_dtype: how they are stored: ``int8`` (a float16 scale per descriptor, 66 bytes per 64-D
             descriptor; dequantised to float16 when a frame becomes a candidate) or ``float16`` (128 bytes).
+        global_dtype: how each frame's global descriptor is stored: ``float16`` (normalised to unit length first;
+            2 bytes per dimension, and the query's pass over every frame's global reads half the memory, see
+            :mod:`l2g_core.cosine`) or ``float32`` (as given).
         index_kind: ``flat`` (exact inner product), ``ivfpq`` (compressed), or ``auto`` (flat until
             ``compress_after`` features, then every shard is converted to IVF-PQ).
         compress_after: number of indexed features at which ``auto`` switches to IVF-PQ.
@@ -86,6 +90,7 @@ class IndexConfig:
     max_features_per_frame: int = 384
     rerank_features: int = 128
     rerank_dtype: RerankDtype = "int8"
+    global_dtype: GlobalDtype = "float16"
     index_kind: IndexKind = "auto"
     compress_after: int = 1_000_000
     ivf_lists: int = 4096
@@ -107,6 +112,7 @@ class IndexConfig:
         _require(self.index_kind in ("auto", "flat", "ivfpq"), f"unknown index_kind {self.index_kind!r}")
         _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
         _require(self.rerank_dtype in ("float16", "int8"), f"unknown rerank_dtype {self.rerank_dtype!r}")
+        _require(self.global_dtype in ("float16", "float32"), f"unknown global_dtype {self.global_dtype!r}")
         _require(self.local_dim % self.pq_bytes == 0 or self.index_kind != "ivfpq",
                  f"local_dim {self.local_dim} must be a multiple of pq_bytes {self.pq_bytes}")
         _require(self.segment_seconds >= self.bucket_seconds,

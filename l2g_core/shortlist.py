@@ -11,9 +11,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from l2g_core.candidates import Candidates, Coverage, global_cosines
+from l2g_core.candidates import Candidates, Coverage
 from l2g_core.chamfer import aggregate_neighbors
 from l2g_core.config import RetrievalConfig
+from l2g_core.cosine import global_cosines, top_global_cosines, top_positions, widen
 from l2g_core.index.rolling import RollingIndex
 from l2g_core.index.segment import BUCKET_SHIFT, CoarseAssignment, Segment
 from l2g_core.index.shard import Shard
@@ -25,7 +26,8 @@ __all__ = ["global_candidates", "local_candidates", "stage1"]
 
 UnitScorer = Callable[[Segment | None, list[Shard]], FloatArray]
 """Scores the frames of the selected ``shards`` of one search unit (their segment, or None for one flat shard):
-one ``(sum(len(shard)),)`` float32 array, the shards' frames one after another in the order given."""
+one ``(sum(len(shard)),)`` float32 array, the shards' frames one after another in the order given. (Global cosines
+are not scored unit by unit: :func:`_collect` ranks them over every unit at once.)"""
 
 
 def _units(index: RollingIndex, shards: list[Shard]) -> list[tuple[Segment | None, list[Shard]]]:
@@ -53,18 +55,9 @@ def _in_time(shards: list[Shard], time_range: tuple[float, float] | None) -> np.
     return (ts >= time_range[0]) & (ts <= time_range[1])
 
 
-def _top(scores: FloatArray, limit: int) -> np.ndarray:
-    """Positions of the best ``limit`` of ``scores`` ``(n,)`` float32, plus every score tied with the last one
-    (so that :meth:`Candidates.merge` breaks ties by frame key, whatever the order of the shards)."""
-    if scores.size <= limit:
-        return np.arange(scores.size)
-    cut = scores[np.argpartition(-scores, limit - 1)[limit - 1]]
-    return np.flatnonzero(scores >= cut)
-
-
-def _globals_in_time(shards: list[Shard], inside: np.ndarray | None) -> list[FloatArray]:
-    """The ``(n_i, G)`` global descriptors of the frames of ``shards`` inside the time range (``inside``; None:
-    all), shard by shard (a whole shard in place, without a copy)."""
+def _globals_in_time(shards: list[Shard], inside: np.ndarray | None) -> list[np.ndarray]:
+    """The ``(n_i, G)`` global descriptors (``IndexConfig.global_dtype``) of the frames of ``shards`` inside the time
+    range (``inside``; None: all), shard by shard (a whole shard in place, without a copy)."""
     if inside is None:
         return [shard.globals for shard in shards]
     blocks, start = [], 0
@@ -78,20 +71,26 @@ def _globals_in_time(shards: list[Shard], inside: np.ndarray | None) -> list[Flo
 
 def _collect(
     index: RollingIndex,
-    scorer: UnitScorer,
+    scorer: UnitScorer | None,
     stage: Stage,
     limit: int,
     cameras: Collection[str] | None,
     time_range: tuple[float, float] | None,
     deadline: float | None,
-    tail: tuple[FloatArray, int] | None = None,
+    query_global: FloatArray | None = None,
+    joined: int = 0,
 ) -> Candidates:
     """Score the frames of every selected shard (unit by unit, newest first) and keep the best ``limit`` over all
-    of them; with ``tail = (query_global, joined)``, also the best ``joined`` by :func:`global_cosine` (each with
-    its score) as the joined tail.
+    of them.
+
+    ``stage`` ``local``: ``scorer`` scores each unit, and with ``joined`` > 0 the best ``joined`` frames by
+    :func:`~l2g_core.cosine.global_cosine` with ``query_global`` follow as the joined tail (each with its local
+    score). ``stage`` ``global`` (``scorer`` None): the best ``limit`` by global cosine with ``query_global``.
 
     Every frame searched is numbered in one sequence (the searched shards' frames one after another), so the cuts
     are one array operation over the whole index rather than a few per shard (272 shards at 100k frames)."""
+    cosines_wanted = stage == "global" or joined > 0
+    assert (scorer is None) == (stage == "global") and (query_global is not None or not cosines_wanted)
     with index.locked():
         shards = index.select(cameras, time_range)
         total_frames = sum(len(s) for s in shards)
@@ -99,16 +98,17 @@ def _collect(
         order: list[Shard] = []  # searched shards, in the order their frames are numbered
         scored: list[FloatArray] = []  # per unit: (n_u,) float32 scores of its frames
         in_time: list[np.ndarray] = []  # per unit: (n_u,) bool, inside the time range
-        blocks: list[FloatArray] = []  # (n_i, G) float32 globals of the frames in time, in frame order
+        blocks: list[np.ndarray] = []  # (n_i, G) globals of the frames in time, in frame order
         for segment, members in _units(index, shards):
             if deadline is not None and time.monotonic() > deadline and order:
                 notes.append(f"deadline: {len(order)} of {len(shards)} shards searched")
                 break
-            scores = scorer(segment, members)
             inside = _in_time(members, time_range)
-            scored.append(scores)
-            in_time.append(np.ones(scores.size, bool) if inside is None else inside)
-            if tail is not None:
+            frames = sum(len(m) for m in members)
+            if scorer is not None:
+                scored.append(scorer(segment, members))
+            in_time.append(np.ones(frames, bool) if inside is None else inside)
+            if cosines_wanted:
                 blocks += _globals_in_time(members, inside)
             order.extend(members)
         sizes = np.array([len(s) for s in order], np.int64)
@@ -126,16 +126,23 @@ def _collect(
             indexed_from=min(a for a, _ in stamps) if stamps else None,
             indexed_to=max(b for _, b in stamps) if stamps else None, notes=tuple(notes),
         )
-        all_scores = np.concatenate(scored) if scored else np.zeros(0, np.float32)
         inside_all = np.concatenate(in_time) if in_time else np.zeros(0, bool)
-        eligible = np.flatnonzero(inside_all & (all_scores > 0) if stage == "local" else inside_all)
-        best = eligible[_top(all_scores[eligible], limit)]
-        part = _gather(picks_at(best), all_scores[best], stage, index.config.global_dim)
-        if tail is not None:
-            tail_part = _tail(picks_at, np.flatnonzero(inside_all), global_cosines(blocks, tail[0]), all_scores,
-                              tail[1], index.config.global_dim, stage)
+        positions = np.flatnonzero(inside_all)  # cosine row i is frame positions[i]
+        if stage == "global":
+            assert query_global is not None
+            rows, cosines = top_global_cosines(blocks, query_global, limit)
+            part = _gather(picks_at(positions[rows]), cosines, stage, index.config.global_dim)
+        else:
+            all_scores = np.concatenate(scored) if scored else np.zeros(0, np.float32)
+            eligible = np.flatnonzero(inside_all & (all_scores > 0))
+            best = eligible[top_positions(all_scores[eligible], limit)]
+            part = _gather(picks_at(best), all_scores[best], stage, index.config.global_dim)
+            if joined > 0:
+                assert query_global is not None
+                tail_part = _tail(picks_at, positions, blocks, query_global, all_scores, joined,
+                                  index.config.global_dim, stage)
     merged = Candidates.merge([part], limit, index.config.global_dim, stage)
-    if tail is not None:
+    if stage != "global" and joined > 0:
         merged = merged.with_joined(tail_part)
     return replace(merged, coverage=coverage)
 
@@ -147,32 +154,35 @@ def _gather(picked: list[tuple[Shard, int]], scores: FloatArray, stage: Stage, g
         keys=[shard.keys[f] for shard, f in picked],
         scores=np.asarray(scores, np.float32),
         stage=stage,
-        global_descriptors=np.stack([shard.globals[f] for shard, f in picked]) if picked
+        global_descriptors=widen(np.stack([shard.globals[f] for shard, f in picked])) if picked
         else np.zeros((0, global_dim), np.float32),
         descriptors=[shard.rerank_descriptors[f] for shard, f in picked],
         keypoints=[shard.rerank_keypoints[f] for shard, f in picked],
     )
 
 
-def _tail(picks_at: Callable[[np.ndarray], list[tuple[Shard, int]]], positions: np.ndarray, cosine: FloatArray,
-          scores: FloatArray, limit: int, global_dim: int, stage: Stage) -> Candidates:
+def _tail(picks_at: Callable[[np.ndarray], list[tuple[Shard, int]]], positions: np.ndarray,
+          blocks: list[np.ndarray], query_global: FloatArray, scores: FloatArray, limit: int, global_dim: int,
+          stage: Stage) -> Candidates:
     """The best ``limit`` frames by global cosine, with their stage-1 scores.
 
     Args:
         picks_at: frame numbers -> their (shard, frame within the shard) pairs.
         positions: ``(n,)`` int64 numbers of the frames that may join (those inside the time range).
-        cosine: ``(n,)`` float32 their global cosines.
+        blocks: their ``(n_i, G)`` global descriptors, in the same order (``sum n_i = n``).
+        query_global: ``(G,)`` float32.
         scores: stage-1 scores of every frame, by number.
         limit: frames kept.
 
-    Only the best ``limit`` cosines (and their ties) are ordered by key, unless repeated frames leave fewer than
-    ``limit`` distinct ones among them: the same frames as ordering all of them, without a Python key per frame."""
-    pool = _top(cosine, limit)
+    Only the best ``limit`` cosines (and their ties, :func:`~l2g_core.cosine.top_global_cosines`) are ordered by
+    key, unless repeated frames leave fewer than ``limit`` distinct ones among them: then every cosine is computed
+    and ordered. Either way the same frames as ordering all of them, without a Python key per frame."""
+    pool, cosine = top_global_cosines(blocks, query_global, limit)
     picks = picks_at(positions[pool])
-    if pool.size < cosine.size and len({shard.keys[f].dedup_key for shard, f in picks}) < limit:
-        pool = np.arange(cosine.size)
-        picks = picks_at(positions[pool])
-    best = Candidates.best_positions([shard.keys[f] for shard, f in picks], cosine[pool], limit)
+    if pool.size < positions.size and len({shard.keys[f].dedup_key for shard, f in picks}) < limit:
+        pool, cosine = np.arange(positions.size), global_cosines(blocks, query_global)
+        picks = picks_at(positions)
+    best = Candidates.best_positions([shard.keys[f] for shard, f in picks], cosine, limit)
     return _gather([picks[i] for i in best], scores[positions[pool[best]]], stage, global_dim)
 
 
@@ -238,8 +248,10 @@ def local_candidates(
         frames = np.where(start >= 0, start + (ids & ((1 << BUCKET_SHIFT) - 1)), -1)
         return aggregate(sims, frames, int(sizes[-1]))
 
-    tail = None if joined == 0 or query_global is None else (np.asarray(query_global, np.float32), joined)
-    return _collect(index, score, "local", limit, cameras, time_range, deadline, tail)
+    if query_global is None:
+        joined = 0
+    return _collect(index, score, "local", limit, cameras, time_range, deadline,
+                    None if query_global is None else np.asarray(query_global, np.float32), joined)
 
 
 def global_candidates(
@@ -251,12 +263,10 @@ def global_candidates(
     time_range: tuple[float, float] | None = None,
     deadline: float | None = None,
 ) -> Candidates:
-    """Frames ranked by cosine similarity of global descriptors (``query_global``: ``(G,)`` float32 unit)."""
-
-    def score(segment: Segment | None, shards: list[Shard]) -> FloatArray:
-        return np.concatenate([(shard.globals @ query_global).astype(np.float32) for shard in shards])
-
-    return _collect(index, score, "global", limit, cameras, time_range, deadline)
+    """Frames ranked by :func:`~l2g_core.cosine.global_cosine` of their global descriptors with ``query_global``
+    (``(G,)`` float32 unit)."""
+    return _collect(index, None, "global", limit, cameras, time_range, deadline,
+                    np.asarray(query_global, np.float32))
 
 
 def stage1(

@@ -12,7 +12,7 @@ import numpy as np
 from l2g_core.config import IndexConfig
 from l2g_core.index import backend
 from l2g_core.index.segment import Segment, segment_of
-from l2g_core.types import FloatArray, FrameFeatures, FrameKey, FrameSource
+from l2g_core.types import FloatArray, FrameFeatures, FrameKey, FrameSource, l2_normalize
 
 __all__ = ["RerankFeatures", "Shard", "ShardId", "dequantize_int8", "new_shard", "quantize_int8"]
 
@@ -93,9 +93,9 @@ class Shard:
         self.rerank_descriptors = RerankFeatures()  # per frame (n_i, D) float16 (stored as rerank_dtype)
         self.rerank_keypoints: list[FloatArray] = []  # per frame (n_i, 2) float32
         self.image_sizes: list[tuple[int, int]] = []
-        self._globals: list[FloatArray] = []
+        self._globals: list[np.ndarray] = []  # per frame (G,) config.global_dtype
         self._feature_counts: list[int] = []  # per frame: local features indexed
-        self._cache_globals: FloatArray | None = None
+        self._cache_globals: np.ndarray | None = None
         self._cache_feature_frame: np.ndarray | None = None
         self._cache_timestamps: np.ndarray | None = None
         self._cache_span: tuple[float, float] | None = None
@@ -113,13 +113,19 @@ class Shard:
         return len(self.keys)
 
     @property
-    def globals(self) -> FloatArray:
-        """``(F, G)`` float32 global descriptors of the shard's frames."""
+    def globals(self) -> np.ndarray:
+        """``(F, G)`` global descriptors of the shard's frames, ``config.global_dtype`` (float16: unit vectors)."""
         if self._cache_globals is None:
-            self._cache_globals = (
-                np.stack(self._globals) if self._globals else np.zeros((0, self.config.global_dim), np.float32)
-            )
+            self._cache_globals = (np.stack(self._globals) if self._globals
+                                   else np.zeros((0, self.config.global_dim), self.config.global_dtype))
         return self._cache_globals
+
+    def _stored_global(self, descriptor: np.ndarray) -> np.ndarray:
+        """``(G,)`` as stored: float32 as given, or float16 of the unit vector (:mod:`l2g_core.cosine` bounds its
+        float16 pass for rows of unit norm)."""
+        if self.config.global_dtype == "float32":
+            return np.asarray(descriptor, np.float32)
+        return l2_normalize(np.asarray(descriptor, np.float32)).astype(np.float16)
 
     @property
     def feature_counts(self) -> np.ndarray:
@@ -179,7 +185,7 @@ class Shard:
         for key, feat in zip(keys, features, strict=True):
             strongest = feat.top(self.config.rerank_features)
             self.keys.append(key)
-            self._globals.append(feat.global_descriptor)
+            self._globals.append(self._stored_global(feat.global_descriptor))
             self.rerank_descriptors.append(strongest.descriptors, self.config.rerank_dtype)
             self.rerank_keypoints.append(strongest.keypoints)
             self.image_sizes.append(feat.image_size)
@@ -294,7 +300,9 @@ class Shard:
             FrameKey(shard_id.camera_id, float(ts), int(seq), src)
             for ts, seq, src in zip(arrays["timestamps"], arrays["sequences"], sources, strict=True)
         ]
-        shard._globals = list(arrays["globals"].astype(np.float32))
+        saved = arrays["globals"]
+        shard._globals = (list(saved) if saved.dtype == np.dtype(config.global_dtype)  # as stored: bit for bit
+                          else [shard._stored_global(g) for g in saved])
         bounds = np.cumsum(arrays["rerank_counts"])[:-1]
         codes = arrays["rerank_codes"]
         if codes.dtype == np.int8:
@@ -316,7 +324,8 @@ class Shard:
         compressed shard's codes are counted by its segment)."""
         index_bytes = self.num_features * (self.config.local_dim * 4 + 8) if self.index is not None else 0
         per_frame = self.rerank_descriptors.nbytes + sum(k.nbytes for k in self.rerank_keypoints)
-        return index_bytes + per_frame + len(self.keys) * (self.config.global_dim * 4 + 64)
+        global_bytes = self.config.global_dim * np.dtype(self.config.global_dtype).itemsize
+        return index_bytes + per_frame + len(self.keys) * (global_bytes + 64)
 
 
 def _source_array(keys: Sequence[FrameKey]) -> np.ndarray:
