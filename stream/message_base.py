@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 from urllib.parse import unquote, urlparse
 
 from pydantic import (
@@ -22,6 +22,7 @@ from pydantic import (
 __all__ = ["SCHEMA_VERSION", "Base64Payload", "Reference", "Schema", "one_payload"]
 
 SCHEMA_VERSION = 1
+"""The first version of every message kind (what a message carries unless it needs a newer one of its kind)."""
 
 
 def _b64decode(value: Any) -> Any:
@@ -60,14 +61,21 @@ Reference = Annotated[str, AfterValidator(_check_ref)]
 
 
 class Schema(BaseModel):
+    """A wire message. Each kind has its own version: ``KIND_VERSION`` is the newest this code reads (every
+    version up to it); a message is written at the oldest version that can carry it, so a worker of the previous
+    release reads whatever does not need the new version."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
+
+    KIND_VERSION: ClassVar[int] = SCHEMA_VERSION
 
     version: int = Field(SCHEMA_VERSION, ge=1)
 
     @model_validator(mode="after")
     def _known_version(self) -> Schema:
-        if self.version > SCHEMA_VERSION:
-            raise ValueError(f"schema version {self.version} is newer than this reader ({SCHEMA_VERSION})")
+        newest = type(self).KIND_VERSION
+        if self.version > newest:
+            raise ValueError(f"schema version {self.version} is newer than this reader ({newest})")
         return self
 
 

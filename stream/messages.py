@@ -16,14 +16,16 @@ self-describing when its headers are lost. Binary payloads (video segments, quer
 JSON; a payload too large for one message travels as a reference (``ref``: a ``file://`` URI or path under an
 allowed root, the claim-check pattern) instead.
 
-A reader accepts any version up to :data:`SCHEMA_VERSION` of a kind and rejects newer ones with a
-:class:`~stream.errors.SchemaError`, which the worker sends to the dead-letter topic.
+A reader accepts any version of a kind up to the kind's ``KIND_VERSION`` (:data:`SCHEMA_VERSION`, 1, unless the
+kind has changed since) and rejects newer ones with a :class:`~stream.errors.SchemaError`, which the worker sends
+to the dead-letter topic. Versions: ``candidate_partial`` 2 adds float16 global descriptors
+(``CandidateSection.global_dtype``); every other kind is at 1.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -147,7 +149,9 @@ class CandidateSection(_Schema):
         total: candidates of the partition over every slice.
         cameras, timestamps, sequences: frame keys of the slice, best first.
         scores: ``(n,)`` float32 stage-1 scores.
-        global_descriptors: ``(n, G)`` float32.
+        global_descriptors: ``(n, G)`` float32, or float16 with ``global_dtype`` ``float16`` (partial version 2;
+            sent only when every value is exact in float16, as an index of float16 globals holds them).
+        global_dtype: ``float16``, or None for float32.
         descriptor_counts: local descriptors sent per candidate (0 in modes that do not re-rank locally).
         descriptors: ``(sum(counts), D)`` float16, each candidate's strongest first.
         keypoints: ``(sum(counts), 2)`` float32, or empty when the mode does not use them.
@@ -169,6 +173,7 @@ class CandidateSection(_Schema):
     sequences: list[int] = Field(default_factory=list)
     scores: Base64Payload = b""
     global_descriptors: Base64Payload = b""
+    global_dtype: Literal["float16"] | None = None
     descriptor_counts: list[int] = Field(default_factory=list)
     descriptors: Base64Payload = b""
     keypoints: Base64Payload = b""
@@ -232,6 +237,10 @@ class QueryFeatures(_Schema):
 class CandidatePartial(_Schema):
     """One worker's stage-1 answer to a query over the video partitions it owns (the scale-out unit).
 
+    Version 2 (this release reads 1 and 2): a section may carry float16 global descriptors. A partial is written at
+    version 2 only when one does (``query.float16_partials``; off during a rolling upgrade from a release that
+    reads version 1 only).
+
     Every worker reads every query, searches its own partitions, and publishes partials keyed by query id to the
     candidates topic; one worker (the owner of that key in the merge group) merges them, runs stage 2 once and
     publishes the :class:`QueryResult`. A partial with ``error`` set tells the merger that the query itself is bad
@@ -264,6 +273,8 @@ class CandidatePartial(_Schema):
         dead_letter: the dead letter the merger publishes for a bad query.
     """
 
+    KIND_VERSION: ClassVar[int] = 2
+
     kind: Literal["candidate_partial"] = "candidate_partial"
     query_id: str = Field(min_length=1, max_length=256)
     worker_id: str
@@ -288,6 +299,12 @@ class CandidatePartial(_Schema):
     error: str | None = None
     error_reason: str | None = None
     dead_letter: DeadLetter | None = None
+
+    @model_validator(mode="after")
+    def _version_carries_sections(self) -> CandidatePartial:
+        if self.version < 2 and any(sec.global_dtype is not None for sec in self.sections):
+            raise ValueError("float16 global descriptors need candidate_partial version 2")
+        return self
 
 
 class QueryResult(_Schema):

@@ -206,6 +206,10 @@ class QuerySettings(_Group):
         segment_gap_s: matches of one camera at most this many seconds apart form one segment of the answer
             (``QueryResult.segments``); ``null``: the larger of 2 s and three sampling intervals
             (``ingest.sample_fps``).
+        float16_partials: candidate partials carry global descriptors as float16 when every value is exact in
+            float16 (an index of float16 globals, the default), a fifth smaller; such partials are version 2.
+            Turn it off during a rolling upgrade from a release that reads version 1 only, until every worker runs
+            this one.
     """
 
     enabled: bool = True
@@ -222,6 +226,7 @@ class QuerySettings(_Group):
     verify_top: int = Field(10, ge=0, le=1_000)
     verify_min_inliers: int = Field(8, ge=4)
     segment_gap_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    float16_partials: bool = True
 
 
 class IndexSettings(_Group):

@@ -1,7 +1,8 @@
 """The candidate-partial wire format: the only code that knows how stage-1 lists travel as bytes.
 
 A partial carries, per video partition, what :class:`~l2g_core.Transport` says stage 2 can use, with float32 /
-float16 values as little-endian raw bytes (base64 in the JSON), plus the prepared query features stage 2 needs:
+float16 values as little-endian raw bytes (base64 in the JSON; global descriptors as float16 when they are exact in
+float16, ``pack_partials(float16_globals=True)``), plus the prepared query features stage 2 needs:
 the merged answer is bit-identical to one process searching every partition. :func:`pack_partials` splits one
 worker's answer into messages under the size limit, sizing candidates from their array shapes and encoding each
 message once (the encoding that is sent).
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from l2g_core import Candidates, Coverage, FrameKey, FrameSource, PreparedQuery, Stage, Transport
+from l2g_core.cosine import widen
 from stream.envelope import OutboundMessage, encode_message
 from stream.errors import MessageTooLargeError, SchemaError
 from stream.messages import CandidatePartial, CandidateSection, QueryFeatures
@@ -98,7 +100,14 @@ def _sent_descriptors(cands: Candidates, i: int, transport: Transport) -> int:
     return stored if transport.descriptors is None else min(transport.descriptors, stored)
 
 
-def _section(part: PartitionList, start: int, end: int, transport: Transport) -> CandidateSection:
+def _exact_in_float16(cands: Candidates) -> bool:
+    """Whether every global descriptor of ``cands`` is exactly a float16 value (an index of float16 globals), so
+    that it travels as float16 with nothing lost."""
+    g = cands.global_descriptors
+    return bool(g.size) and np.array_equal(widen(g.astype(np.float16)), g)
+
+
+def _section(part: PartitionList, start: int, end: int, transport: Transport, narrow: bool) -> CandidateSection:
     cands = part.candidates
     counts = [_sent_descriptors(cands, i, transport) for i in range(start, end)]
     descs = [np.ascontiguousarray(cands.descriptors[i][:n], dtype="<f2") for i, n in zip(range(start, end), counts,
@@ -115,7 +124,9 @@ def _section(part: PartitionList, start: int, end: int, transport: Transport) ->
         timestamps=[float(k.timestamp) for k in keys],
         sequences=[int(k.sequence) for k in keys],
         scores=np.ascontiguousarray(cands.scores[start:end], dtype="<f4").tobytes(),
-        global_descriptors=np.ascontiguousarray(cands.global_descriptors[start:end], dtype="<f4").tobytes(),
+        global_descriptors=np.ascontiguousarray(cands.global_descriptors[start:end],
+                                                dtype="<f2" if narrow else "<f4").tobytes(),
+        global_dtype="float16" if narrow else None,
         descriptor_counts=counts,
         descriptors=b"".join(d.tobytes() for d in descs),
         keypoints=b"".join(k.tobytes() for k in kps),
@@ -126,10 +137,12 @@ def _section(part: PartitionList, start: int, end: int, transport: Transport) ->
     )
 
 
-def _candidate_bytes(cands: Candidates, i: int, transport: Transport, local_dim: int, global_dim: int) -> int:
-    """Upper estimate of one candidate's share of the JSON (base64 arrays, key fields)."""
+def _candidate_bytes(cands: Candidates, i: int, transport: Transport, local_dim: int, global_dim: int,
+                     global_bytes: int) -> int:
+    """Upper estimate of one candidate's share of the JSON (base64 arrays, key fields); ``global_bytes``: 2 or 4
+    bytes per global value."""
     n = _sent_descriptors(cands, i, transport)
-    raw = 4 + 4 * global_dim + n * (2 * local_dim + (8 if transport.keypoints else 0))
+    raw = 4 + global_bytes * global_dim + n * (2 * local_dim + (8 if transport.keypoints else 0))
     return math.ceil(raw * 4 / 3) + len(cands.keys[i].camera_id) + 48 + 40  # (+ chunk offset, index, size)
 
 
@@ -157,7 +170,7 @@ def _fit_query_features(base: CandidatePartial, max_bytes: int, source: str) -> 
 
 
 def pack_partials(base: CandidatePartial, lists: Sequence[PartitionList], transport: Transport, max_bytes: int, *,
-                  source: str) -> list[PackedPartial]:
+                  source: str, float16_globals: bool = False) -> list[PackedPartial]:
     """Split one worker's answer into partials that each encode under ``max_bytes``.
 
     Args:
@@ -166,6 +179,8 @@ def pack_partials(base: CandidatePartial, lists: Sequence[PartitionList], transp
         transport: what travels.
         max_bytes: the message size limit.
         source: the ``ce_source`` of the messages.
+        float16_globals: send a partition's global descriptors as float16 when every one is exact in float16
+            (then the partials are version 2); otherwise float32 (version 1, which the previous release reads).
 
     Returns:
         The partials with their encodings; only the first carries ``query_features``.
@@ -173,6 +188,9 @@ def pack_partials(base: CandidatePartial, lists: Sequence[PartitionList], transp
     Raises:
         MessageTooLargeError: one candidate alone, or the query features alone, do not fit.
     """
+    narrow = [float16_globals and _exact_in_float16(part.candidates) for part in lists]
+    if any(narrow):
+        base = base.model_copy(update={"version": 2})
     base, header = _fit_query_features(base, max_bytes, source)
     rest = _header_bytes(base, with_features=False, source=source)
     budgets = (int(max_bytes * 0.9) - header - _MESSAGE_SLACK, int(max_bytes * 0.9) - rest - _MESSAGE_SLACK)
@@ -185,7 +203,8 @@ def pack_partials(base: CandidatePartial, lists: Sequence[PartitionList], transp
         n = len(cands)
         start = i = 0
         while i < n or (n == 0 and i == 0):
-            size = (_candidate_bytes(cands, i, transport, base.local_dim, base.global_dim) if n else 0) + \
+            size = (_candidate_bytes(cands, i, transport, base.local_dim, base.global_dim, 2 if narrow[li] else 4)
+                    if n else 0) + \
                 (_SECTION_OVERHEAD if i == start else 0)
             budget = budgets[0 if len(messages) == 1 else 1]
             if used + size > budget and (messages[-1] or i > start or len(messages) == 1):
@@ -204,7 +223,7 @@ def pack_partials(base: CandidatePartial, lists: Sequence[PartitionList], transp
     for m, slices in enumerate(messages):
         if not slices and m > 0:
             continue  # (an empty first message still carries the query features)
-        sections = [_section(lists[li], s, e, transport) for li, s, e in slices]
+        sections = [_section(lists[li], s, e, transport, narrow[li]) for li, s, e in slices]
         partial = base.model_copy(update={
             "sections": sections,
             "partitions": sorted({sec.partition for sec in sections}),
@@ -248,7 +267,8 @@ def candidates_from_sections(sections: Sequence[CandidateSection], stage: Stage,
             keys += [FrameKey(c, t, q, s) for c, t, q, s in zip(sec.cameras, sec.timestamps, sec.sequences,
                                                                  _section_sources(sec), strict=True)]
             scores.append(np.frombuffer(sec.scores, dtype="<f4"))
-            globs.append(np.frombuffer(sec.global_descriptors, dtype="<f4").reshape(n, global_dim))
+            globs.append(np.frombuffer(sec.global_descriptors, dtype="<f2" if sec.global_dtype == "float16"
+                                       else "<f4").reshape(n, global_dim))
             counts = np.asarray(sec.descriptor_counts, dtype=np.int64)
             d = np.frombuffer(sec.descriptors, dtype="<f2").reshape(int(counts.sum()), local_dim)
             kp = np.frombuffer(sec.keypoints, dtype="<f4").reshape(int(counts.sum()), 2) if sec.keypoints else \
