@@ -24,7 +24,15 @@ import torch
 
 from l2g_core.types import FloatArray
 
-__all__ = ["PARALLEL_COSINE_ROWS", "global_cosine", "global_cosines", "top_global_cosines", "top_positions", "widen"]
+__all__ = [
+    "PARALLEL_COSINE_ROWS",
+    "global_cosine",
+    "global_cosines",
+    "top_global_cosines",
+    "top_positions",
+    "torch_view",
+    "widen",
+]
 
 PARALLEL_COSINE_ROWS = 16_384
 """Rows from which :func:`global_cosines` splits the work over threads (below it, one thread is faster)."""
@@ -47,10 +55,17 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL[0]
 
 
+def torch_view(array: np.ndarray) -> torch.Tensor:
+    """A torch tensor over ``array``'s memory (C-contiguous; a copy when ``array`` is read-only, e.g. decoded from a
+    message: torch cannot view read-only memory)."""
+    contiguous = np.ascontiguousarray(array)
+    return torch.from_numpy(contiguous if contiguous.flags.writeable else contiguous.copy())
+
+
 def widen(descriptors: np.ndarray) -> FloatArray:
     """``descriptors`` as float32 (exact for float16; torch converts ~2.5x faster than numpy)."""
     if descriptors.dtype == np.float16:
-        out: FloatArray = torch.from_numpy(np.ascontiguousarray(descriptors)).float().numpy()
+        out: FloatArray = torch_view(descriptors).float().numpy()
         return out
     return np.asarray(descriptors, np.float32)
 
@@ -68,7 +83,7 @@ def global_cosine(global_descriptors: np.ndarray, query_global: FloatArray) -> F
         g = np.ascontiguousarray(global_descriptors, dtype=np.float32)
         out: FloatArray = np.einsum("ij,j->i", g, q).astype(np.float32, copy=False)
         return out
-    rows = torch.from_numpy(np.ascontiguousarray(global_descriptors))
+    rows = torch_view(global_descriptors)
     n = rows.shape[0]
     result = np.empty(n, np.float32)
     buffer = torch.empty((min(n, _WIDEN_ROWS), q.shape[0]), dtype=torch.float32)
@@ -127,7 +142,7 @@ def _float16_bound(blocks: Sequence[np.ndarray], query_global: FloatArray) -> tu
     the result to float16 (``2**-11`` of its magnitude). Each term is doubled for margin."""
     q = np.ascontiguousarray(query_global, dtype=np.float32)
     q16 = torch.from_numpy(q.astype(np.float16))
-    approx = np.concatenate([torch.mv(torch.from_numpy(np.ascontiguousarray(b)), q16).numpy() for b in blocks]
+    approx = np.concatenate([torch.mv(torch_view(b), q16).numpy() for b in blocks]
                             ).astype(np.float32)
     norm = (1.0 + 2.0**-10) * float(np.linalg.norm(q))
     bound = 2.0 * (2.0**-11 * norm + q.shape[0] * 2.0**-24 * norm + 2.0**-11 * float(np.abs(approx).max()))

@@ -19,7 +19,8 @@ allowed root, the claim-check pattern) instead.
 A reader accepts any version of a kind up to the kind's ``KIND_VERSION`` (:data:`SCHEMA_VERSION`, 1, unless the
 kind has changed since) and rejects newer ones with a :class:`~stream.errors.SchemaError`, which the worker sends
 to the dead-letter topic. Versions: ``candidate_partial`` 2 adds float16 global descriptors
-(``CandidateSection.global_dtype``); every other kind is at 1.
+(``CandidateSection.global_dtype``), 3 int8 re-rank descriptors (``CandidateSection.descriptor_dtype``); every
+other kind is at 1.
 """
 
 from __future__ import annotations
@@ -153,7 +154,12 @@ class CandidateSection(_Schema):
             sent only when every value is exact in float16, as an index of float16 globals holds them).
         global_dtype: ``float16``, or None for float32.
         descriptor_counts: local descriptors sent per candidate (0 in modes that do not re-rank locally).
-        descriptors: ``(sum(counts), D)`` float16, each candidate's strongest first.
+        descriptors: ``(sum(counts), D)`` float16, each candidate's strongest first; or int8 codes with
+            ``descriptor_dtype`` ``int8`` (partial version 3; sent only when they give back the float16 values
+            exactly, as an index of int8 re-rank features stores them).
+        descriptor_dtype: ``int8``, or None for float16.
+        descriptor_scales: ``(sum(counts),)`` float16 scale of each int8 row (``row = codes * scale / 127``, then
+            float16); empty for float16 descriptors.
         keypoints: ``(sum(counts), 2)`` float32, or empty when the mode does not use them.
         chunk_offsets, chunk_frames, frame_sizes: per candidate, the offset of the video chunk record that carried
             the frame (in ``partition`` of the partial's ``video_topic``), the frame's position among the chunk's
@@ -176,6 +182,8 @@ class CandidateSection(_Schema):
     global_dtype: Literal["float16"] | None = None
     descriptor_counts: list[int] = Field(default_factory=list)
     descriptors: Base64Payload = b""
+    descriptor_dtype: Literal["int8"] | None = None
+    descriptor_scales: Base64Payload = b""
     keypoints: Base64Payload = b""
     chunk_offsets: list[int] = Field(default_factory=list)
     chunk_frames: list[int] = Field(default_factory=list)
@@ -201,6 +209,9 @@ class CandidateSection(_Schema):
             raise ValueError("descriptor_counts must be non-negative")
         if self.keypoints and len(self.keypoints) != 8 * sum(self.descriptor_counts):
             raise ValueError("keypoints must hold two float32 per descriptor (or be empty)")
+        scales = 2 * sum(self.descriptor_counts) if self.descriptor_dtype == "int8" else 0
+        if len(self.descriptor_scales) != scales:
+            raise ValueError("descriptor_scales must hold one float16 per int8 descriptor (and none otherwise)")
         return self
 
 
@@ -237,9 +248,9 @@ class QueryFeatures(_Schema):
 class CandidatePartial(_Schema):
     """One worker's stage-1 answer to a query over the video partitions it owns (the scale-out unit).
 
-    Version 2 (this release reads 1 and 2): a section may carry float16 global descriptors. A partial is written at
-    version 2 only when one does (``query.float16_partials``; off during a rolling upgrade from a release that
-    reads version 1 only).
+    Versions (this release reads 1 to 3): 2, a section may carry float16 global descriptors; 3, int8 re-rank
+    descriptors. A partial is written at the oldest version that carries it, at most ``query.partial_version``
+    (lowered during a rolling upgrade from a release that reads older versions only).
 
     Every worker reads every query, searches its own partitions, and publishes partials keyed by query id to the
     candidates topic; one worker (the owner of that key in the merge group) merges them, runs stage 2 once and
@@ -273,7 +284,7 @@ class CandidatePartial(_Schema):
         dead_letter: the dead letter the merger publishes for a bad query.
     """
 
-    KIND_VERSION: ClassVar[int] = 2
+    KIND_VERSION: ClassVar[int] = 3
 
     kind: Literal["candidate_partial"] = "candidate_partial"
     query_id: str = Field(min_length=1, max_length=256)
@@ -304,6 +315,8 @@ class CandidatePartial(_Schema):
     def _version_carries_sections(self) -> CandidatePartial:
         if self.version < 2 and any(sec.global_dtype is not None for sec in self.sections):
             raise ValueError("float16 global descriptors need candidate_partial version 2")
+        if self.version < 3 and any(sec.descriptor_dtype is not None for sec in self.sections):
+            raise ValueError("int8 descriptors need candidate_partial version 3")
         return self
 
 

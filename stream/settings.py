@@ -206,10 +206,10 @@ class QuerySettings(_Group):
         segment_gap_s: matches of one camera at most this many seconds apart form one segment of the answer
             (``QueryResult.segments``); ``null``: the larger of 2 s and three sampling intervals
             (``ingest.sample_fps``).
-        float16_partials: candidate partials carry global descriptors as float16 when every value is exact in
-            float16 (an index of float16 globals, the default), a fifth smaller; such partials are version 2.
-            Turn it off during a rolling upgrade from a release that reads version 1 only, until every worker runs
-            this one.
+        partial_version: the newest ``candidate_partial`` version this worker writes, each smaller where it
+            loses nothing: 3, re-rank descriptors as the index's int8 codes; 2, global descriptors as float16
+            (an index of float16 globals); 1, neither (what the previous release reads). Lower it during a rolling
+            upgrade from a release that reads older versions only, until every worker runs this one.
     """
 
     enabled: bool = True
@@ -226,7 +226,7 @@ class QuerySettings(_Group):
     verify_top: int = Field(10, ge=0, le=1_000)
     verify_min_inliers: int = Field(8, ge=4)
     segment_gap_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
-    float16_partials: bool = True
+    partial_version: int = Field(3, ge=1, le=3)
 
 
 class IndexSettings(_Group):

@@ -277,7 +277,7 @@ class QueryLoop:
             "latency_ms": latency, "query_features": query_payload(prepared, plan.transport, image_size)})
         try:
             packed = pack_partials(base, lists, plan.transport, self.settings.kafka.max_message_bytes,
-                                   source=self.worker_id, float16_globals=self.cfg.float16_partials)
+                                   source=self.worker_id, max_version=self.cfg.partial_version)
         except MessageTooLargeError as exc:  # only when max_message_bytes is absurdly small
             return self._send_error(item.rec, query, exc, item.received)
         self._send(packed)

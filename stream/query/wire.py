@@ -1,8 +1,8 @@
 """The candidate-partial wire format: the only code that knows how stage-1 lists travel as bytes.
 
 A partial carries, per video partition, what :class:`~l2g_core.Transport` says stage 2 can use, with float32 /
-float16 values as little-endian raw bytes (base64 in the JSON; global descriptors as float16 when they are exact in
-float16, ``pack_partials(float16_globals=True)``), plus the prepared query features stage 2 needs:
+float16 values as little-endian raw bytes (base64 in the JSON; global descriptors as float16 and re-rank descriptors
+as int8 codes where that loses nothing, see :func:`pack_partials`), plus the prepared query features stage 2 needs:
 the merged answer is bit-identical to one process searching every partition. :func:`pack_partials` splits one
 worker's answer into messages under the size limit, sizing candidates from their array shapes and encoding each
 message once (the encoding that is sent).
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from l2g_core import Candidates, Coverage, FrameKey, FrameSource, PreparedQuery, Stage, Transport
-from l2g_core.cosine import widen
+from l2g_core.cosine import torch_view, widen
+from l2g_core.index.shard import dequantize_int8, quantize_int8
 from stream.envelope import OutboundMessage, encode_message
 from stream.errors import MessageTooLargeError, SchemaError
 from stream.messages import CandidatePartial, CandidateSection, QueryFeatures
@@ -100,21 +101,78 @@ def _sent_descriptors(cands: Candidates, i: int, transport: Transport) -> int:
     return stored if transport.descriptors is None else min(transport.descriptors, stored)
 
 
-def _exact_in_float16(cands: Candidates) -> bool:
-    """Whether every global descriptor of ``cands`` is exactly a float16 value (an index of float16 globals), so
-    that it travels as float16 with nothing lost."""
+def _as_float16(values: np.ndarray) -> np.ndarray:
+    """``values`` rounded to float16 (torch converts ~3x faster than numpy)."""
+    out: np.ndarray = torch_view(np.asarray(values, dtype=np.float32)).half().numpy()
+    return out
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    """How one partition's arrays travel, each as small as it can be without changing a value, computed once for
+    the partition (its sections take slices).
+
+    Attributes:
+        globals16: ``(n, G)`` float16 global descriptors when every one is exact in float16 (an index of float16
+            globals), else None (float32).
+        codes, scales: the sent re-rank descriptors, candidate after candidate, as ``(m, D)`` int8 codes and
+            ``(m,)`` float16 scales when they give back exactly the float16 values (an index of int8 re-rank
+            features), else None (float16).
+        rows: ``(n + 1,)`` int64 first sent-descriptor row of each candidate (and the total).
+    """
+
+    globals16: np.ndarray | None
+    codes: np.ndarray | None
+    scales: np.ndarray | None
+    rows: np.ndarray
+
+    @property
+    def version(self) -> int:
+        """The ``candidate_partial`` version that carries it."""
+        return 3 if self.codes is not None else 2 if self.globals16 is not None else 1
+
+    def candidate_bytes(self, local_dim: int, global_dim: int, descriptors: int, keypoints: bool) -> int:
+        """Raw bytes of one candidate's arrays."""
+        row = local_dim + 2 if self.codes is not None else 2 * local_dim
+        return 4 + (4 if self.globals16 is None else 2) * global_dim + descriptors * (row + (8 if keypoints else 0))
+
+
+def _encoding(part: PartitionList, transport: Transport, max_version: int) -> _Encoding:
+    """The smallest encoding of ``part`` that loses nothing, up to ``max_version``."""
+    cands = part.candidates
+    counts = [_sent_descriptors(cands, i, transport) for i in range(len(cands))]
+    rows = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+    globals16 = codes = scales = None
     g = cands.global_descriptors
-    return bool(g.size) and np.array_equal(widen(g.astype(np.float16)), g)
+    if max_version >= 2 and g.size:
+        narrow = _as_float16(g)
+        globals16 = narrow if np.array_equal(widen(narrow), g) else None
+    sent = [cands.descriptors[i][:n] for i, n in enumerate(counts) if n]
+    if max_version >= 3 and sent:
+        descriptors = np.concatenate(sent).astype(np.float16, copy=False)
+        q_codes, q_scales = quantize_int8(descriptors)
+        if np.array_equal(dequantize_int8(q_codes, q_scales), descriptors):
+            codes, scales = q_codes, q_scales
+    return _Encoding(globals16, codes, scales, rows)
 
 
-def _section(part: PartitionList, start: int, end: int, transport: Transport, narrow: bool) -> CandidateSection:
+def _section(part: PartitionList, start: int, end: int, transport: Transport, encoding: _Encoding
+             ) -> CandidateSection:
     cands = part.candidates
     counts = [_sent_descriptors(cands, i, transport) for i in range(start, end)]
-    descs = [np.ascontiguousarray(cands.descriptors[i][:n], dtype="<f2") for i, n in zip(range(start, end), counts,
-                                                                                          strict=True) if n]
+    lo, hi = int(encoding.rows[start]), int(encoding.rows[end])
+    if encoding.codes is not None and encoding.scales is not None:
+        descriptors = encoding.codes[lo:hi].tobytes()
+        scales = np.ascontiguousarray(encoding.scales[lo:hi], dtype="<f2").tobytes()
+    else:
+        descriptors = b"".join(np.ascontiguousarray(cands.descriptors[i][:n], dtype="<f2").tobytes()
+                               for i, n in zip(range(start, end), counts, strict=True) if n)
+        scales = b""
     kps = [np.ascontiguousarray(cands.keypoints[i][:n], dtype="<f4") for i, n in zip(range(start, end), counts,
                                                                                       strict=True) if n] \
         if transport.keypoints else []
+    globs = (np.ascontiguousarray(cands.global_descriptors[start:end], dtype="<f4") if encoding.globals16 is None
+             else np.ascontiguousarray(encoding.globals16[start:end], dtype="<f2"))
     keys = cands.keys[start:end]
     sources = [k.source for k in keys]
     known = any(s is not None for s in sources)
@@ -124,11 +182,12 @@ def _section(part: PartitionList, start: int, end: int, transport: Transport, na
         timestamps=[float(k.timestamp) for k in keys],
         sequences=[int(k.sequence) for k in keys],
         scores=np.ascontiguousarray(cands.scores[start:end], dtype="<f4").tobytes(),
-        global_descriptors=np.ascontiguousarray(cands.global_descriptors[start:end],
-                                                dtype="<f2" if narrow else "<f4").tobytes(),
-        global_dtype="float16" if narrow else None,
+        global_descriptors=globs.tobytes(),
+        global_dtype=None if encoding.globals16 is None else "float16",
         descriptor_counts=counts,
-        descriptors=b"".join(d.tobytes() for d in descs),
+        descriptors=descriptors,
+        descriptor_dtype="int8" if scales else None,
+        descriptor_scales=scales,
         keypoints=b"".join(k.tobytes() for k in kps),
         chunk_offsets=[-1 if s is None else s.offset for s in sources] if known else [],
         chunk_frames=[-1 if s is None else s.index for s in sources] if known else [],
@@ -138,11 +197,9 @@ def _section(part: PartitionList, start: int, end: int, transport: Transport, na
 
 
 def _candidate_bytes(cands: Candidates, i: int, transport: Transport, local_dim: int, global_dim: int,
-                     global_bytes: int) -> int:
-    """Upper estimate of one candidate's share of the JSON (base64 arrays, key fields); ``global_bytes``: 2 or 4
-    bytes per global value."""
-    n = _sent_descriptors(cands, i, transport)
-    raw = 4 + global_bytes * global_dim + n * (2 * local_dim + (8 if transport.keypoints else 0))
+                     encoding: _Encoding) -> int:
+    """Upper estimate of one candidate's share of the JSON (base64 arrays, key fields)."""
+    raw = encoding.candidate_bytes(local_dim, global_dim, _sent_descriptors(cands, i, transport), transport.keypoints)
     return math.ceil(raw * 4 / 3) + len(cands.keys[i].camera_id) + 48 + 40  # (+ chunk offset, index, size)
 
 
@@ -170,7 +227,7 @@ def _fit_query_features(base: CandidatePartial, max_bytes: int, source: str) -> 
 
 
 def pack_partials(base: CandidatePartial, lists: Sequence[PartitionList], transport: Transport, max_bytes: int, *,
-                  source: str, float16_globals: bool = False) -> list[PackedPartial]:
+                  source: str, max_version: int = 1) -> list[PackedPartial]:
     """Split one worker's answer into partials that each encode under ``max_bytes``.
 
     Args:
@@ -179,8 +236,10 @@ def pack_partials(base: CandidatePartial, lists: Sequence[PartitionList], transp
         transport: what travels.
         max_bytes: the message size limit.
         source: the ``ce_source`` of the messages.
-        float16_globals: send a partition's global descriptors as float16 when every one is exact in float16
-            (then the partials are version 2); otherwise float32 (version 1, which the previous release reads).
+        max_version: the newest ``candidate_partial`` version written. Each partition travels as small as it can
+            without losing a value: 2, global descriptors as float16 when every one is exact in float16; 3, re-rank
+            descriptors as int8 codes when they give back the float16 values exactly. The partials carry the
+            newest version any of their partitions needs (1, the previous release's, when none does).
 
     Returns:
         The partials with their encodings; only the first carries ``query_features``.
@@ -188,9 +247,8 @@ def pack_partials(base: CandidatePartial, lists: Sequence[PartitionList], transp
     Raises:
         MessageTooLargeError: one candidate alone, or the query features alone, do not fit.
     """
-    narrow = [float16_globals and _exact_in_float16(part.candidates) for part in lists]
-    if any(narrow):
-        base = base.model_copy(update={"version": 2})
+    encodings = [_encoding(part, transport, max_version) for part in lists]
+    base = base.model_copy(update={"version": max([1, *(e.version for e in encodings)])})
     base, header = _fit_query_features(base, max_bytes, source)
     rest = _header_bytes(base, with_features=False, source=source)
     budgets = (int(max_bytes * 0.9) - header - _MESSAGE_SLACK, int(max_bytes * 0.9) - rest - _MESSAGE_SLACK)
@@ -203,7 +261,7 @@ def pack_partials(base: CandidatePartial, lists: Sequence[PartitionList], transp
         n = len(cands)
         start = i = 0
         while i < n or (n == 0 and i == 0):
-            size = (_candidate_bytes(cands, i, transport, base.local_dim, base.global_dim, 2 if narrow[li] else 4)
+            size = (_candidate_bytes(cands, i, transport, base.local_dim, base.global_dim, encodings[li])
                     if n else 0) + \
                 (_SECTION_OVERHEAD if i == start else 0)
             budget = budgets[0 if len(messages) == 1 else 1]
@@ -223,7 +281,7 @@ def pack_partials(base: CandidatePartial, lists: Sequence[PartitionList], transp
     for m, slices in enumerate(messages):
         if not slices and m > 0:
             continue  # (an empty first message still carries the query features)
-        sections = [_section(lists[li], s, e, transport, narrow[li]) for li, s, e in slices]
+        sections = [_section(lists[li], s, e, transport, encodings[li]) for li, s, e in slices]
         partial = base.model_copy(update={
             "sections": sections,
             "partitions": sorted({sec.partition for sec in sections}),
@@ -270,7 +328,11 @@ def candidates_from_sections(sections: Sequence[CandidateSection], stage: Stage,
             globs.append(np.frombuffer(sec.global_descriptors, dtype="<f2" if sec.global_dtype == "float16"
                                        else "<f4").reshape(n, global_dim))
             counts = np.asarray(sec.descriptor_counts, dtype=np.int64)
-            d = np.frombuffer(sec.descriptors, dtype="<f2").reshape(int(counts.sum()), local_dim)
+            if sec.descriptor_dtype == "int8":
+                d = dequantize_int8(np.frombuffer(sec.descriptors, dtype=np.int8).reshape(int(counts.sum()), local_dim),
+                                    np.frombuffer(sec.descriptor_scales, dtype="<f2"))
+            else:
+                d = np.frombuffer(sec.descriptors, dtype="<f2").reshape(int(counts.sum()), local_dim)
             kp = np.frombuffer(sec.keypoints, dtype="<f4").reshape(int(counts.sum()), 2) if sec.keypoints else \
                 np.zeros((int(counts.sum()), 2), np.float32)
             bounds = np.cumsum(counts)[:-1]

@@ -22,7 +22,7 @@ from l2g_core import (
 from l2g_core.datasets import make_synthetic_video
 from l2g_core.index.persistence import load_index, save_index
 from l2g_core.index.rolling import AddReport
-from l2g_core.index.shard import Shard
+from l2g_core.index.shard import Shard, dequantize_int8, quantize_int8
 
 
 def _video(frames: int = 80, seed: int = 0, fps: float = 2.0):
@@ -293,3 +293,16 @@ def test_int8_rerank_features_stay_close_to_float16() -> None:
         assert a.to_arrays()["rerank_codes"].dtype == np.int8
         for got, want in zip(rebuilt.rerank_descriptors, a.rerank_descriptors, strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_int8_codes_dequantise_bit_for_bit_as_the_formula_says_and_requantise_to_themselves() -> None:
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((500, 64)).astype(np.float32)
+    x[3] = 0.0  # a zero row: scale 0
+    codes, scales = quantize_int8(x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12))
+    got = dequantize_int8(codes, scales)
+    formula = (codes.astype(np.float32) * (scales.astype(np.float32) / np.float32(127.0))[:, None]).astype(np.float16)
+    np.testing.assert_array_equal(got, formula)
+    again = quantize_int8(got)  # what the candidate wire relies on to send the codes instead of float16
+    np.testing.assert_array_equal(again[0], codes)
+    np.testing.assert_array_equal(again[1], scales)
