@@ -104,11 +104,22 @@ def _scenario(tmp_path: Path, replay: str) -> dict[str, object]:
         _publish(settings, segments, new_sink, replay)
         new_sink.close()
 
+        held_since: list[float] = []  # when the settled state began (empty: not settled now)
+
         def settled() -> bool:
+            """Settled for 3 s on end: the topics loop (every second) notices the recreated topics and makes the
+            consumers rejoin their groups, which revokes the partitions and reloads them from the snapshot; a state
+            seen before that is not the final one."""
             m = faults.scrape(url)
-            return m.get("l2g_index_frames", 0) >= total or (
+            now = m.get("l2g_index_frames", 0) >= total or (
                 m.get("l2g_chunks_consumed_total", 0) >= 10 and m.get("l2g_consumer_lag_messages", 1) == 0
                 and time.monotonic() - t_back > 20)
+            if not now:
+                held_since.clear()
+                return False
+            if not held_since:
+                held_since.append(time.monotonic())
+            return time.monotonic() - held_since[0] >= 3.0
 
         faults.wait_until(settled, 120, "ingest to settle after the restart")
         out["settled_after_s"] = round(time.monotonic() - t_back, 1)
