@@ -52,6 +52,7 @@ from l2g_core.shortlist import stage1  # noqa: E402
 from plugins.presets import DEFAULT_EXTRACTOR  # noqa: E402
 from stream.broker import EmbeddedBroker  # noqa: E402
 from stream.client import QueryClient  # noqa: E402
+from stream.messages import CandidatePartial  # noqa: E402
 from stream.ports import FeatureExtractor, Partition  # noqa: E402
 from stream.settings import Settings  # noqa: E402
 from stream.store import PartitionedIndex  # noqa: E402
@@ -72,7 +73,7 @@ def make_settings(bootstrap: str, snapshots: Path, args: argparse.Namespace, thr
         ingest={"commit_interval_s": 5.0},
         index={"snapshot_dir": str(snapshots), "retention_seconds": None},
         extractor={"name": args.extractor},
-        query={"default_timeout_s": 30.0},
+        query={"default_timeout_s": 30.0, "partial_version": args.partial_version},
         http={"enabled": False},
         runtime={"worker_id": worker, "progress": False, "torch_threads": threads, "faiss_threads": threads,
                  "log_level": "WARNING"},
@@ -245,7 +246,11 @@ def main() -> None:
                         help="local features per synthetic frame (default: as many as the index keeps)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--queries", type=int, default=20)
+    parser.add_argument("--partial-versions", type=int, nargs="+", default=[CandidatePartial.KIND_VERSION],
+                        choices=range(1, CandidatePartial.KIND_VERSION + 1),
+                        help="candidate_partial versions the workers write (query.partial_version), one run each")
     args = parser.parse_args()
+    args.partial_version = args.partial_versions[0]
     images = query_images(args.queries + 1)
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp, EmbeddedBroker() as broker:
         snapshots = Path(tmp) / "snapshots"
@@ -253,15 +258,17 @@ def main() -> None:
         KafkaConnector(base).ensure_topics(base)
         progress(f"building {args.partitions} partition snapshots of {args.frames} frames")
         parts = build_snapshots(base, args)
-        for workers in args.workers:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            result = run_workers(broker.bootstrap, snapshots, args, workers, images[1:])
-            model = predict(make_settings(broker.bootstrap, snapshots, args, threads, "scaleout-model"), parts,
-                            images[1:], workers)
-            result["overhead_p50_ms"] = round(result["end_to_end_p50_ms"] - model["predicted_p50_ms"], 1)
-            emit({"bench": "scaleout", "extractor": args.extractor, "partitions": args.partitions,
-                  "frames_per_partition": args.frames, "features_per_frame": args.features, **result, **model,
-                  **machine()})
+        for version in args.partial_versions:
+            args.partial_version = version
+            for workers in args.workers:
+                threads = max(1, (os.cpu_count() or 1) // workers)
+                result = run_workers(broker.bootstrap, snapshots, args, workers, images[1:])
+                model = predict(make_settings(broker.bootstrap, snapshots, args, threads, "scaleout-model"), parts,
+                                images[1:], workers)
+                result["overhead_p50_ms"] = round(result["end_to_end_p50_ms"] - model["predicted_p50_ms"], 1)
+                emit({"bench": "scaleout", "extractor": args.extractor, "partitions": args.partitions,
+                      "frames_per_partition": args.frames, "features_per_frame": args.features,
+                      "partial_version": version, **result, **model, **machine()})
 
 
 if __name__ == "__main__":
