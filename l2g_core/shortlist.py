@@ -128,6 +128,7 @@ def _collect(
         )
         inside_all = np.concatenate(in_time) if in_time else np.zeros(0, bool)
         positions = np.flatnonzero(inside_all)  # cosine row i is frame positions[i]
+        tail_part: Candidates | None = None
         if stage == "global":
             assert query_global is not None
             rows, cosines = top_global_cosines(blocks, query_global, limit)
@@ -142,7 +143,7 @@ def _collect(
                 tail_part = _tail(picks_at, positions, blocks, query_global, all_scores, joined,
                                   index.config.global_dim, stage)
     merged = Candidates.merge([part], limit, index.config.global_dim, stage)
-    if stage != "global" and joined > 0:
+    if tail_part is not None:
         merged = merged.with_joined(tail_part)
     return replace(merged, coverage=coverage)
 

@@ -126,6 +126,10 @@ class _Encoding:
     scales: np.ndarray | None
     rows: np.ndarray
 
+    def sent(self, i: int) -> int:
+        """Re-rank descriptors sent for candidate ``i``."""
+        return int(self.rows[i + 1] - self.rows[i])
+
     @property
     def version(self) -> int:
         """The ``candidate_partial`` version that carries it."""
@@ -159,7 +163,7 @@ def _encoding(part: PartitionList, transport: Transport, max_version: int) -> _E
 def _section(part: PartitionList, start: int, end: int, transport: Transport, encoding: _Encoding
              ) -> CandidateSection:
     cands = part.candidates
-    counts = [_sent_descriptors(cands, i, transport) for i in range(start, end)]
+    counts = np.diff(encoding.rows[start:end + 1]).tolist()
     lo, hi = int(encoding.rows[start]), int(encoding.rows[end])
     if encoding.codes is not None and encoding.scales is not None:
         descriptors = encoding.codes[lo:hi].tobytes()
@@ -199,7 +203,7 @@ def _section(part: PartitionList, start: int, end: int, transport: Transport, en
 def _candidate_bytes(cands: Candidates, i: int, transport: Transport, local_dim: int, global_dim: int,
                      encoding: _Encoding) -> int:
     """Upper estimate of one candidate's share of the JSON (base64 arrays, key fields)."""
-    raw = encoding.candidate_bytes(local_dim, global_dim, _sent_descriptors(cands, i, transport), transport.keypoints)
+    raw = encoding.candidate_bytes(local_dim, global_dim, encoding.sent(i), transport.keypoints)
     return math.ceil(raw * 4 / 3) + len(cands.keys[i].camera_id) + 48 + 40  # (+ chunk offset, index, size)
 
 
